@@ -1,0 +1,34 @@
+# Two commands matter: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Pinned for this machine: these wheels are served from local disk (a CUDA build that runs on the CPU).
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+QUICK ?= 0
+
+.PHONY: install test demo lint bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e ".[training,clip,dev]" $(TORCH_PIN)
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q zreward_diffusers tests
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.score_demo --out runs/demo
+
+lint: install
+	$(BIN)/ruff check zreward_diffusers training pipelines benchmarks tests
+	$(BIN)/ruff format --check zreward_diffusers training pipelines benchmarks tests
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.loss_overhead
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,281 @@
+"""`ZRewardLoss`: the student's expected rubric score as a differentiable loss for generator fine-tuning.
+
+Reward (DESIGN §4, METHOD eq. 15), per image, over the rubric dimensions d with weights w_d (summing to 1):
+
+    without running normalisation:  R = Σ_d w_d (μ_d − v_1) / (v_K − v_1)  −  κ Σ_d w_d σ_d / (v_K − v_1)
+    with running normalisation:     R = Σ_d w_d (μ_d − m_d) / s_d           −  κ Σ_d w_d σ_d / s_d
+
+μ_d and σ_d are the mean and std of the predicted score distribution, m_d and s_d running mean and std of μ_d
+(e.g. over base-model samples), κ ≥ 0 an uncertainty aversion against reward hacking. The loss is −R, or the
+saturating ReFL loss ReLU(margin − R) (ImageReward, arXiv 2304.05977) when `margin` is set. One sign convention:
+lower loss = higher reward.
+
+The module is frozen but keeps autograd to the images. It does not own a device (`.to()` moves it) and is not
+meant to go through `accelerator.prepare` (it has no trainable parameters); move it next to the generator's VAE
+output, or to another device and move the decoded images there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import __version__
+from .checkpoint import (
+    atomic_directory,
+    load_backbone,
+    read_config,
+    resolve_checkpoint,
+    save_backbone,
+    write_config,
+)
+from .image_inputs import check_image_range, image_tensor_to_unit_range
+from .rubric import Rubric
+from .scorer import MIN_SCORE_TOKEN_MASS, ScoreOutput, ZRewardScorer, logger
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class ZRewardLoss(nn.Module):
+    """Differentiable Z-Reward loss: `loss = loss_fn(images, prompts)`.
+
+    Args:
+        scorer: a `ZRewardScorer` (backbone, processor, rubric).
+        image_range: `"-1,1"` (diffusers VAE output, default) or `"0,1"`. Values slightly outside (VAE overshoot)
+            are clamped to the range as diffusers' post-processing does; values far outside raise.
+        reduction: `"mean"`, `"sum"` or `"none"` (per-image losses `(B,)`).
+        kappa: uncertainty aversion κ ≥ 0 (reward minus κ times the weighted score std).
+        margin: if set, the loss is ReLU(margin − R) (saturating φ of ReFL) instead of −R.
+        normalize: standardise each dimension's expected score with running statistics.
+        momentum: update rate of the running statistics.
+        dimensions: score only these rubric dimensions (default all).
+
+    >>> import torch
+    >>> from zreward_diffusers.testing import build_tiny_scorer
+    >>> loss_fn = ZRewardLoss(build_tiny_scorer("qwen2_vl"))
+    >>> images = torch.rand(2, 3, 56, 56, requires_grad=True)
+    >>> loss = loss_fn(images * 2 - 1, ["a red circle", "two blue squares"])
+    >>> loss.backward()
+    >>> bool(images.grad.abs().sum() > 0)
+    True
+    """
+
+    def __init__(
+        self,
+        scorer: ZRewardScorer,
+        image_range: str = "-1,1",
+        reduction: str = "mean",
+        kappa: float = 0.0,
+        margin: float | None = None,
+        normalize: bool = False,
+        momentum: float = 0.01,
+        dimensions: list[str] | None = None,
+    ):
+        super().__init__()
+        check_image_range(image_range)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
+        if kappa < 0:
+            raise ValueError(f"`kappa` must be non-negative, got {kappa}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"`momentum` must be in (0, 1], got {momentum}")
+        self.scorer = scorer
+        self.image_range = image_range
+        self.reduction = reduction
+        self.kappa = float(kappa)
+        self.margin = None if margin is None else float(margin)
+        self.normalize = normalize
+        self.momentum = float(momentum)
+        self.dimensions = scorer._dimensions(dimensions)
+        self.update_running_stats = True
+        self._warned_low_mass = False
+        num_dims = len(self.dimensions)
+        self.register_buffer("running_mean", torch.zeros(num_dims))
+        self.register_buffer("running_var", torch.ones(num_dims))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def rubric(self) -> Rubric:
+        return self.scorer.rubric
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint the reward backbone's layers (recompute activations in backward to save memory)."""
+        self.scorer.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.scorer.disable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def score(self, images, prompts: list[str], dimensions=None, reasoning=None) -> ScoreOutput:
+        """Score distributions for logging: float tensors (differentiable path) or PIL images / uint8 arrays
+        (the official processor path)."""
+        dimensions = self.dimensions if dimensions is None else dimensions
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            unit = image_tensor_to_unit_range(images, self.image_range)
+            output = self.scorer(unit, prompts, dimensions=dimensions, reasoning=reasoning)
+        else:
+            output = self.scorer.score_pil(images, prompts, dimensions=dimensions, reasoning=reasoning)
+        mean_mass = float(output.score_token_mass.detach().mean())
+        if mean_mass < MIN_SCORE_TOKEN_MASS and not self._warned_low_mass:
+            self._warned_low_mass = True
+            logger.warning(
+                "score tokens hold %.3f of the vocabulary mass on average (< %.2f): the model does not follow the "
+                "rubric's answer format (expected for a randomly initialised tiny checkpoint)",
+                mean_mass, MIN_SCORE_TOKEN_MASS,
+            )
+        return output
+
+    def reward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The shaped reward R `(B,)` of float images, differentiable with respect to `images`."""
+        unit = image_tensor_to_unit_range(images, self.image_range)
+        output = self.scorer(unit, prompts, dimensions=self.dimensions)
+        index = torch.tensor([self.rubric.dimension_index(d) for d in self.dimensions], device=unit.device)
+        weights = self.scorer.dimension_weights[index]
+        weights = weights / weights.sum()
+        levels = self.scorer.levels
+        if self.normalize:
+            self._update_running_stats(output.expected)
+            scale = (self.running_var + 1e-6).sqrt()
+            centred = (output.expected - self.running_mean) / scale
+            spread = output.std / scale
+        else:
+            span = levels[-1] - levels[0]
+            centred = (output.expected - levels[0]) / span
+            spread = output.std / span
+        return (weights * (centred - self.kappa * spread)).sum(-1)
+
+    def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Loss of float images `(B, 3, H, W)` in `image_range`: −R, or ReLU(margin − R); reduced."""
+        reward = self.reward(images, prompts)
+        loss = -reward if self.margin is None else torch.relu(self.margin - reward)
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+    @torch.no_grad()
+    def _update_running_stats(self, expected: torch.Tensor) -> None:
+        """EMA of the per-dimension mean and variance of μ; summed over processes when distributed."""
+        if not self.update_running_stats:
+            return
+        values = expected.detach().float()
+        stats = torch.cat([values.new_tensor([values.shape[0]]), values.sum(0), (values**2).sum(0)])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)
+        count, total, total_sq = stats[0], stats[1 : 1 + values.shape[1]], stats[1 + values.shape[1] :]
+        mean = total / count
+        var = (total_sq / count - mean**2).clamp_min(0.0)
+        if self.num_batches_tracked == 0:
+            self.running_mean.copy_(mean)
+            self.running_var.copy_(var if count > 1 else torch.ones_like(var))
+        else:
+            self.running_mean.lerp_(mean, self.momentum)
+            if count > 1:
+                self.running_var.lerp_(var, self.momentum)
+        self.num_batches_tracked += 1
+
+    # ------------------------------------------------------------------------------------------------ I/O
+    def reward_config(self) -> dict:
+        """The reward-shaping settings and running statistics, saved next to the weights."""
+        return {
+            "image_range": self.image_range,
+            "reduction": self.reduction,
+            "kappa": self.kappa,
+            "margin": self.margin,
+            "normalize": self.normalize,
+            "momentum": self.momentum,
+            "dimensions": list(self.dimensions),
+            "running_mean": self.running_mean.tolist(),
+            "running_var": self.running_var.tolist(),
+            "num_batches_tracked": int(self.num_batches_tracked),
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike, base_model: str | None = None, **card) -> None:
+        """Write the checkpoint (atomically) so that `ZRewardLoss.from_pretrained(save_directory)` restores it.
+
+        In multi-process training, call it from the main process only.
+        """
+        scorer = self.scorer
+        with atomic_directory(save_directory) as tmp:
+            backbone = save_backbone(scorer.model, scorer.processor, tmp, base_model=base_model)
+            config = {
+                "family": _model_type(scorer.model),
+                "backbone": backbone,
+                "rubric": scorer.rubric.to_dict(),
+                "quantize": scorer.quantize,
+                "preprocessing": scorer.image_transform.to_dict(),
+                "reward": self.reward_config(),
+                "library_version": __version__,
+                "transformers_version": _transformers_version(),
+            }
+            write_config(tmp, config)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token=None, commit_message: str | None = None):
+        """Save to a temporary directory and upload it to the hub repo `repo_id`."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(Path(tmp) / "checkpoint")
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=str(Path(tmp) / "checkpoint"),
+                commit_message=commit_message or "Upload Z-Reward checkpoint",
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        revision: str | None = None,
+        token=None,
+        trust_remote_code: bool = False,
+        **overrides,
+    ) -> ZRewardLoss:
+        """Load a checkpoint directory or hub repo id; `overrides` replace saved reward settings (e.g. `kappa`).
+
+        `torch_dtype` sets the backbone's dtype (scores are always soft-maxed in float32); `device` moves it.
+        """
+        directory = resolve_checkpoint(pretrained_model_name_or_path, revision=revision, token=token)
+        config = read_config(directory)
+        model, processor = load_backbone(
+            directory, config, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision,
+            token=token,
+        )
+        scorer = ZRewardScorer(model, processor, Rubric.from_dict(config["rubric"]),
+                               quantize=config.get("quantize", True))
+        saved = dict(config.get("reward", {}))
+        running = {key: saved.pop(key) for key in ("running_mean", "running_var", "num_batches_tracked")
+                   if key in saved}
+        unknown = set(overrides) - set(saved) - {"image_range", "reduction", "kappa", "margin", "normalize",
+                                                 "momentum", "dimensions"}
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {sorted(unknown)} for ZRewardLoss.from_pretrained")
+        loss = cls(scorer, **{**saved, **overrides})
+        if running and "dimensions" not in overrides:
+            loss.running_mean.copy_(torch.tensor(running["running_mean"]))
+            loss.running_var.copy_(torch.tensor(running["running_var"]))
+            loss.num_batches_tracked.fill_(running["num_batches_tracked"])
+        return loss if device is None else loss.to(device)
+
+
+def _model_type(model) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config.model_type
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
