@@ -126,8 +126,8 @@ def test_tiny_backbone_gradient_reaches_pixels():
     image = smooth_image(61, 83).requires_grad_(True)
     uint8 = (image.detach()[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     inputs = processor(text=[text], images=[Image.fromarray(uint8)], return_tensors="pt", add_special_tokens=False)
-    assert inputs["input_ids"][0, :2].tolist() == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids(
-        "<start_of_turn>")]
+    start_of_turn = tokenizer.convert_tokens_to_ids("<start_of_turn>")
+    assert inputs["input_ids"][0, :2].tolist() == [tokenizer.bos_token_id, start_of_turn]  # a single BOS
     assert (inputs["input_ids"] == tokenizer.image_token_id).sum() == transform.num_image_tokens(61, 83)
     # token_type_ids (1 on image soft tokens) switch on bidirectional attention within the image block.
     assert inputs["token_type_ids"].sum() == 4
@@ -145,8 +145,8 @@ def test_tiny_backbone_gradient_reaches_pixels():
 def test_tiny_tokenizer_score_digits_are_single_tokens():
     _, processor = build_tiny_backbone("gemma3")
     tokenizer = processor.tokenizer
-    prefix = tokenizer.apply_chat_template([{"role": "user", "content": "Rate."}], add_generation_prompt=True,
-                                           tokenize=False) + "Score: "
+    messages = [{"role": "user", "content": "Rate."}]
+    prefix = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + "Score: "
     prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
     assert tokenizer.convert_ids_to_tokens(prefix_ids[-2:]) == ["Score:", "▁"]
     for digit in "123456789":

@@ -60,7 +60,7 @@ def image_tensor_to_unit_range(images, image_range: str = "-1,1", clamp: bool = 
     if not bool(torch.isfinite(images).all()):
         raise ValueError("`images` contains NaN or Inf values")
     slack = RANGE_TOLERANCE * (high - low)
-    found_low, found_high = float(images.min()), float(images.max())
+    found_low, found_high = float(images.detach().min()), float(images.detach().max())
     if found_low < low - slack or found_high > high + slack:
         hint = " (it looks like 0..255 pixel values)" if found_high > 2.0 else ""
         raise ValueError(

@@ -68,7 +68,7 @@ class ScoreOutput:
                 }
                 for d, name in enumerate(self.dimensions)
             }
-            records.append({"levels": list(self.levels), "dimensions": dims, "reward": float(self.reward[b])})
+            records.append({"levels": list(self.levels), "dimensions": dims, "reward": float(self.reward[b].detach())})
         return records
 
 
@@ -140,12 +140,12 @@ class ZRewardScorer(nn.Module):
         transformers only checkpoints layers whose `training` flag is set, so we set it on the checkpointed layer
         modules alone; their children (attention, dropout) stay in eval mode, so outputs are unchanged.
         """
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self._gradient_checkpointing = True
         self.train(self.training)
 
     def disable_gradient_checkpointing(self) -> None:
-        self.model.gradient_checkpointing_disable()
+        self.model.activation_checkpointing_disable()
         self._gradient_checkpointing = False
         self.train(self.training)
 
@@ -167,12 +167,13 @@ class ZRewardScorer(nn.Module):
         """Token-side inputs for `text` with an image of this size, exactly as the official processor builds them.
 
         The processor is run once on a blank image of the same size (cached per text and size); its
-        `pixel_values` are discarded and replaced by the differentiable ones (METHOD §6.2).
+        `pixel_values` are discarded and replaced by the differentiable ones (METHOD §6.2). The chat template
+        already wrote any BOS token, so the tokenizer adds none (as `apply_chat_template(tokenize=True)` does).
         """
         key = (text, height, width)
         if key not in self._text_cache:
             blank = Image.new("RGB", (width, height))
-            encoded = self.processor(text=[text], images=[blank], return_tensors="pt")
+            encoded = self.processor(text=[text], images=[blank], return_tensors="pt", add_special_tokens=False)
             self._text_cache[key] = _sequence_fields(encoded)
         return self._text_cache[key]
 
@@ -241,7 +242,10 @@ class ZRewardScorer(nn.Module):
 
     def _official_inputs(self, texts: list[str], images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """Run the official processor pair by pair, then left-pad the token fields and stack the image fields."""
-        encoded = [self.processor(text=[t], images=[i], return_tensors="pt") for t, i in zip(texts, images, strict=True)]
+        encoded = [
+            self.processor(text=[t], images=[i], return_tensors="pt", add_special_tokens=False)
+            for t, i in zip(texts, images, strict=True)
+        ]
         inputs = self._collate([_sequence_fields(e) for e in encoded])
         for key in encoded[0]:
             if key not in inputs and isinstance(encoded[0][key], torch.Tensor):
@@ -251,7 +255,8 @@ class ZRewardScorer(nn.Module):
 
     def _read(self, model_inputs: dict, batch_size: int, dimensions: tuple[str, ...]) -> ScoreOutput:
         outputs = self.model(**model_inputs, use_cache=False, logits_to_keep=1)
-        logits = outputs.logits[:, -1].float()  # (B * D, V), softmax and moments in float32
+        logits = outputs.logits[:, -1]  # (B * D, V); softmax and moments in float32 (or float64)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         score_logits = logits[:, self.score_token_ids]  # (B * D, K)
         log_mass = torch.logsumexp(score_logits, dim=-1) - torch.logsumexp(logits, dim=-1)
         num_dims, num_levels = len(dimensions), score_logits.shape[-1]

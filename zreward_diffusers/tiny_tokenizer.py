@@ -38,7 +38,7 @@ I count see there is are object objects image looks blurry noisy sharp clean com
 shadow shadows light lighting from left right top bottom ground floating resting occluded behind in front
 correct wrong missing extra colour color shape count matches does not match so therefore the score is good bad
 style photo painting drawing cartoon sketch watercolor minimal detailed high low contrast saturated dull cast
-yes no better worse than because think answer level
+yes no better worse than because think answer level user model assistant system
 0 1 2 3 4 5 6 7 8 9
 """
 
