@@ -122,15 +122,14 @@ def test_pil_and_uint8_inputs_go_through_score(loss_fn):
 @pytest.mark.parametrize(
     "make_images, prompts, error, match",
     [
-        (lambda: random_images(2, 56, 56).masked_fill(torch.zeros(2, 3, 56, 56, dtype=bool).index_fill(2, torch.tensor([3]), True), math.nan),
-         PROMPTS, ValueError, "NaN or Inf"),
-        (lambda: random_images(2, 56, 56).index_fill(3, torch.tensor([0]), math.inf), PROMPTS, ValueError, "NaN or Inf"),
+        (lambda: random_images(2, 56, 56).index_fill(2, torch.tensor([3]), math.nan), PROMPTS, ValueError, "NaN or"),
+        (lambda: random_images(2, 56, 56).index_fill(3, torch.tensor([0]), math.inf), PROMPTS, ValueError, "NaN or"),
         (lambda: random_images(2, 56, 56)[0], PROMPTS, ValueError, "rank 4"),
         (lambda: random_images(2, 56, 56)[:, :1], PROMPTS, ValueError, "3 channels"),
         (lambda: random_images(2, 56, 56).repeat(1, 4, 1, 1)[:, :4], PROMPTS, ValueError, "3 channels"),
         (lambda: (random_images(2, 56, 56) + 1) * 127.5, PROMPTS, ValueError, "0..255"),
         (lambda: random_images(2, 56, 56) - 3, PROMPTS, ValueError, r"must lie in \[-1, 1\]"),
-        (lambda: random_images(2, 56, 56), PROMPTS[:1], ValueError, "`prompts` has 1 entries but `images` has batch size 2"),
+        (lambda: random_images(2, 56, 56), PROMPTS[:1], ValueError, "`prompts` has 1 entries but `images` has batch"),
         (lambda: random_images(2, 56, 56), [], ValueError, "`prompts` is empty"),
         (lambda: random_images(2, 56, 56), "one prompt", TypeError, "single string"),
         (lambda: random_images(2, 56, 56), [1, 2], TypeError, "list of strings"),

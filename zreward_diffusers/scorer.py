@@ -161,7 +161,8 @@ class ZRewardScorer(nn.Module):
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if reasoning is None:
             return text + self.rubric.student_prefix + self.rubric.answer_prefix
-        return text + self.rubric.reasoning_prefix + reasoning + self.rubric.reasoning_suffix + self.rubric.answer_prefix
+        rubric = self.rubric
+        return text + rubric.reasoning_prefix + reasoning + rubric.reasoning_suffix + rubric.answer_prefix
 
     def _encode_text(self, text: str, height: int, width: int) -> dict[str, torch.Tensor]:
         """Token-side inputs for `text` with an image of this size, exactly as the official processor builds them.
