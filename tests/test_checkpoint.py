@@ -135,3 +135,46 @@ def test_trust_remote_code_is_off_by_default(tmp_path, monkeypatch):
     create_tiny_checkpoint(tmp_path / "ckpt", "qwen2_vl")
     ZRewardLoss.from_pretrained(tmp_path / "ckpt")
     assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
+
+
+def test_hub_ids_download_only_safe_files(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    create_tiny_checkpoint(tmp_path / "ckpt", "qwen2_vl")
+    calls = {}
+
+    def fake_snapshot_download(repo_id, revision=None, token=None, allow_patterns=None):
+        calls.update(repo_id=repo_id, revision=revision, allow_patterns=allow_patterns)
+        return str(tmp_path / "ckpt")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loss_fn = ZRewardLoss.from_pretrained("some-org/zreward-student", revision="v1")
+    assert calls["repo_id"] == "some-org/zreward-student" and calls["revision"] == "v1"
+    assert not any(pattern.endswith((".bin", ".pt", ".pth", ".ckpt", "*")) for pattern in calls["allow_patterns"])
+    assert loss_fn.score(random_images(1, 56, 56), PROMPTS[:1]).probs.shape == (1, 4, 9)
+
+
+def test_push_to_hub_uploads_a_loadable_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    uploaded = tmp_path / "uploaded"
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            assert repo_id == "me/my-reward" and exist_ok
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            shutil.copytree(folder_path, uploaded)
+            return "commit"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    loss_fn = ZRewardLoss(sharp_scorer("qwen2_vl"))
+    assert loss_fn.push_to_hub("me/my-reward") == "commit"
+    images = random_images(1, 56, 56)
+    torch.testing.assert_close(ZRewardLoss.from_pretrained(uploaded).score(images, PROMPTS[:1]).probs,
+                               loss_fn.score(images, PROMPTS[:1]).probs, atol=0, rtol=0)

@@ -165,13 +165,14 @@ class ZRewardLoss(nn.Module):
         """EMA of the per-dimension mean and variance of μ; summed over processes when distributed."""
         if not self.update_running_stats:
             return
-        values = expected.detach().float()
+        values = expected.detach().double()  # float64 sums: the variance of μ can be tiny next to μ²
         stats = torch.cat([values.new_tensor([values.shape[0]]), values.sum(0), (values**2).sum(0)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
         count, total, total_sq = stats[0], stats[1 : 1 + values.shape[1]], stats[1 + values.shape[1] :]
         mean = total / count
         var = (total_sq / count - mean**2).clamp_min(0.0)
+        mean, var = mean.to(self.running_mean.dtype), var.to(self.running_var.dtype)
         if self.num_batches_tracked == 0:
             self.running_mean.copy_(mean)
             self.running_var.copy_(var if count > 1 else torch.ones_like(var))

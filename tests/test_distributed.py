@@ -1,0 +1,49 @@
+"""Two CPU processes (gloo): ZRewardLoss's running statistics are the statistics of the global batch."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import random_images
+
+from zreward_diffusers import ZRewardLoss
+from zreward_diffusers.testing import build_tiny_scorer
+
+PROMPTS = ["two red circles", "a yellow square", "three stars", "a green triangle"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, result_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        loss_fn = ZRewardLoss(build_tiny_scorer("qwen2_vl", seed=0), normalize=True)
+        images = random_images(4, 56, 56, seed=11)
+        shard = slice(rank * 2, rank * 2 + 2)
+        loss = loss_fn(images[shard], PROMPTS[shard])
+        if rank == 0:
+            torch.save({"mean": loss_fn.running_mean, "var": loss_fn.running_var, "loss": loss.detach()}, result_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_running_stats_are_reduced_over_processes(tmp_path):
+    result_path = str(tmp_path / "rank0.pt")
+    mp.spawn(_worker, args=(2, _free_port(), result_path), nprocs=2, join=True)
+    distributed = torch.load(result_path, weights_only=True)
+
+    loss_fn = ZRewardLoss(build_tiny_scorer("qwen2_vl", seed=0), normalize=True)
+    images = random_images(4, 56, 56, seed=11)
+    loss_fn(images, PROMPTS)
+    torch.testing.assert_close(distributed["mean"], loss_fn.running_mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(distributed["var"], loss_fn.running_var, atol=1e-6, rtol=1e-4)
+    # rank 0's loss uses the global statistics on its own half of the batch
+    loss_fn.update_running_stats = False
+    torch.testing.assert_close(distributed["loss"], loss_fn(images[:2], PROMPTS[:2]), atol=1e-6, rtol=1e-5)
