@@ -153,3 +153,17 @@ def test_to_records_is_json_ready():
     record = json.loads(json.dumps(records[0]))
     assert set(record["dimensions"]) == set(Rubric().dimension_names)
     assert abs(sum(record["dimensions"]["realism"]["distribution"]) - 1) < 1e-4
+
+
+def test_token_cache_is_bounded_and_gives_the_same_scores(monkeypatch):
+    import zreward_diffusers.scorer as scorer_module
+
+    scorer = sharp_scorer("qwen2_vl")
+    images = (random_images(3, 56, 56) + 1) / 2
+    reference = scorer(images, PROMPTS).probs
+    monkeypatch.setattr(scorer_module, "TEXT_CACHE_SIZE", 5)
+    scorer._text_cache.clear()
+    again = scorer(images, PROMPTS).probs  # 12 rows through a 5-entry cache
+    assert len(scorer._text_cache) == 5
+    torch.testing.assert_close(again, reference, atol=0, rtol=0)
+    scorer._text_cache.clear()

@@ -12,6 +12,7 @@ All dimensions of a batch go through the backbone in one forward pass: sequences
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ from .rubric import Rubric
 
 logger = logging.getLogger(__name__)
 
+# Entries of the token-side cache; a training run cycling through more prompts than this re-tokenises some.
+TEXT_CACHE_SIZE = 8192
 # Alert threshold on the mean vocabulary mass of the score tokens (METHOD §1.2, template adherence).
 MIN_SCORE_TOKEN_MASS = 0.95
 
@@ -101,7 +104,8 @@ class ZRewardScorer(nn.Module):
         self.register_buffer("score_token_ids", self._score_token_ids(), persistent=False)
         self.register_buffer("levels", self.rubric.levels_tensor(), persistent=False)
         self.register_buffer("dimension_weights", self.rubric.weights_tensor(), persistent=False)
-        self._text_cache: dict[tuple[str, int, int], dict[str, torch.Tensor]] = {}
+        # Token-side inputs per (prompt, dimension, reasoning, image size), least recently used evicted first.
+        self._text_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self._gradient_checkpointing = False
         self.model.requires_grad_(False)
         self.train(False)
@@ -167,16 +171,29 @@ class ZRewardScorer(nn.Module):
     def _encode_text(self, text: str, height: int, width: int) -> dict[str, torch.Tensor]:
         """Token-side inputs for `text` with an image of this size, exactly as the official processor builds them.
 
-        The processor is run once on a blank image of the same size (cached per text and size); its
-        `pixel_values` are discarded and replaced by the differentiable ones (METHOD §6.2). The chat template
-        already wrote any BOS token, so the tokenizer adds none (as `apply_chat_template(tokenize=True)` does).
+        The processor is run once on a blank image of the same size; its `pixel_values` are discarded and
+        replaced by the differentiable ones (METHOD §6.2). The chat template already wrote any BOS token, so the
+        tokenizer adds none (as `apply_chat_template(tokenize=True)` does).
         """
-        key = (text, height, width)
-        if key not in self._text_cache:
-            blank = Image.new("RGB", (width, height))
-            encoded = self.processor(text=[text], images=[blank], return_tensors="pt", add_special_tokens=False)
-            self._text_cache[key] = _sequence_fields(encoded)
-        return self._text_cache[key]
+        blank = Image.new("RGB", (width, height))
+        encoded = self.processor(text=[text], images=[blank], return_tensors="pt", add_special_tokens=False)
+        return _sequence_fields(encoded)
+
+    def _token_inputs(self, prompts, dimensions, reasoning, height: int, width: int) -> list[dict]:
+        """Token-side inputs of every row (image-major), from the cache when the same input was seen before."""
+        rows = []
+        for b, prompt in enumerate(prompts):
+            for d, dimension in enumerate(dimensions):
+                chain = None if reasoning is None else reasoning[b][d]
+                key = (prompt, dimension, chain, height, width)
+                if key in self._text_cache:
+                    self._text_cache.move_to_end(key)
+                else:
+                    self._text_cache[key] = self._encode_text(self.build_text(prompt, dimension, chain), height, width)
+                    if len(self._text_cache) > TEXT_CACHE_SIZE:
+                        self._text_cache.popitem(last=False)
+                rows.append(self._text_cache[key])
+        return rows
 
     def _collate(self, encodings: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Left-pad token-side inputs to one batch so every answer position is the last one."""
@@ -200,14 +217,17 @@ class ZRewardScorer(nn.Module):
             self.rubric.dimension_index(name)
         return tuple(dimensions)
 
+    @staticmethod
+    def _check_reasoning(reasoning, batch_size: int, num_dims: int) -> None:
+        if reasoning is not None and (len(reasoning) != batch_size or any(len(r) != num_dims for r in reasoning)):
+            raise ValueError(
+                f"`reasoning` must be a list of {batch_size} lists (one per image) of {num_dims} strings "
+                "(one per dimension)"
+            )
+
     def _texts(self, prompts, dimensions, reasoning) -> list[str]:
         """Texts in image-major order: row b * D + d is image b, dimension d."""
-        if reasoning is not None:
-            if len(reasoning) != len(prompts) or any(len(r) != len(dimensions) for r in reasoning):
-                raise ValueError(
-                    f"`reasoning` must be a list of {len(prompts)} lists (one per image) of {len(dimensions)} "
-                    "strings (one per dimension)"
-                )
+        self._check_reasoning(reasoning, len(prompts), len(dimensions))
         return [
             self.build_text(prompt, dim, None if reasoning is None else reasoning[b][d])
             for b, prompt in enumerate(prompts)
@@ -224,8 +244,8 @@ class ZRewardScorer(nn.Module):
         dimensions = self._dimensions(dimensions)
         batch_size, num_dims = images.shape[0], len(dimensions)
         height, width = images.shape[-2:]
-        texts = self._texts(prompts, dimensions, reasoning)
-        text_inputs = self._collate([self._encode_text(t, height, width) for t in texts])
+        self._check_reasoning(reasoning, len(prompts), len(dimensions))
+        text_inputs = self._collate(self._token_inputs(prompts, dimensions, reasoning, height, width))
         image_inputs = self.image_transform(images, quantize=self.quantize)
         image_inputs = _repeat_per_image(image_inputs, batch_size, num_dims)
         dtype = next(self.model.parameters()).dtype

@@ -6,7 +6,7 @@ inputs (`pixel_values` and, for Qwen, `image_grid_thw`), with autograd intact.
 """
 
 from .qwen_vl import QwenVLImageTransform, smart_resize
-from .resize import resize_like_processor, straight_through_quantize
+from .resize import processor_pixels
 
 
 def image_transform_for(processor):
@@ -30,7 +30,6 @@ def image_transform_for(processor):
 __all__ = [
     "QwenVLImageTransform",
     "image_transform_for",
-    "resize_like_processor",
+    "processor_pixels",
     "smart_resize",
-    "straight_through_quantize",
 ]

@@ -5,7 +5,7 @@ A torch re-implementation of transformers' `Gemma3ImageProcessor` (torchvision b
 image (METHOD §6, the SigLIP paragraph). Steps, in the official order:
 
 1. resize to the fixed `size` (896x896 in the released checkpoints), aspect ratio *not* preserved, with
-   antialiased **bilinear** interpolation in two separable passes (`resize.resize_like_processor`);
+   antialiased **bilinear** interpolation as the official uint8 path computes it (`resize.processor_pixels`);
 2. rescale by `rescale_factor` (1/255), normalise with the checkpoint's mean/std (0.5 / 0.5).
 
 There is no patchify step: the SigLIP tower takes `(B, 3, S, S)` images and the model average-pools its patch states
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .resize import resize_like_processor, straight_through_quantize
+from .resize import processor_pixels
 
 # PILImageResampling values the resize helper reproduces.
 _RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}
@@ -116,10 +116,8 @@ class Gemma3ImageTransform:
         `gradcheck` or smooth losses.
         """
         channels = images.shape[1]
-        pixels = images * 255.0
-        if quantize:
-            pixels = straight_through_quantize(pixels)
-        pixels = resize_like_processor(pixels, self.resized_size(*images.shape[-2:]), self.resample, quantize)
-        mean = pixels.new_tensor(self.image_mean).view(1, channels, 1, 1)
+        pixels = processor_pixels(images, self.resized_size(*images.shape[-2:]), self.resample, quantize)
+        # rescale and normalise, fused into one affine map: (p * rescale_factor - mean) / std
         std = pixels.new_tensor(self.image_std).view(1, channels, 1, 1)
-        return {"pixel_values": (pixels * self.rescale_factor - mean) / std}
+        mean = pixels.new_tensor(self.image_mean).view(1, channels, 1, 1)
+        return {"pixel_values": torch.addcmul(-mean / std, pixels, self.rescale_factor / std)}

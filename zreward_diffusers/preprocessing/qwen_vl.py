@@ -5,7 +5,7 @@ that gradients flow from `pixel_values` back to a generator's decoded image (MET
 `differentiable_image_processor.py` did the same with bilinear resizing). Steps, in the official order:
 
 1. `smart_resize`: both sides to multiples of `patch_size * merge_size`, area within `[min_pixels, max_pixels]`;
-2. antialiased bicubic resize in two separable passes (`resize.resize_like_processor`);
+2. antialiased bicubic resize as the official uint8 path computes it (`resize.processor_pixels`);
 3. rescale by 1/255, normalise with the checkpoint's mean/std;
 4. repeat the single frame `temporal_patch_size` times and flatten patches in 2x2-merge-window-major order,
    each row laid out as (channel, time, patch_y, patch_x).
@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .resize import resize_like_processor, straight_through_quantize
+from .resize import processor_pixels
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -104,14 +104,12 @@ class QwenVLImageTransform:
 
     def __call__(self, images: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor]:
         batch_size, channels, height, width = images.shape
-        pixels = images * 255.0
-        if quantize:
-            pixels = straight_through_quantize(pixels)
         resized_height, resized_width = self.resized_size(height, width)
-        pixels = resize_like_processor(pixels, (resized_height, resized_width), "bicubic", quantize)
-        mean = pixels.new_tensor(self.image_mean).view(1, channels, 1, 1)
+        pixels = processor_pixels(images, (resized_height, resized_width), "bicubic", quantize)
+        # rescale by 1/255 and normalise, fused into one affine map: (p / 255 - mean) / std
         std = pixels.new_tensor(self.image_std).view(1, channels, 1, 1)
-        pixels = (pixels / 255.0 - mean) / std
+        mean = pixels.new_tensor(self.image_mean).view(1, channels, 1, 1)
+        pixels = torch.addcmul(-mean / std, pixels, 1.0 / (255.0 * std))
 
         p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
         grid_h, grid_w = resized_height // p, resized_width // p

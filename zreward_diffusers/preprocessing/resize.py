@@ -1,37 +1,70 @@
-"""8-bit rounding and resizing that reproduce the official processors' torchvision backend, keeping autograd.
+"""From a float image in [0, 1] to the official processors' resized 8-bit pixels, keeping autograd.
 
-transformers' image processors resize uint8 images: PIL (slow backend) and torchvision's uint8 kernel (default
-backend) both run a horizontal pass, round and clip to uint8, then a vertical pass, and round again. A single
-float `F.interpolate(..., antialias=True)` skips the middle rounding and clipping, which on high-contrast content
-(ringing of the bicubic kernel) differs by up to ~20/255. Two separable passes with straight-through rounding in
-between match the torchvision backend to within 1/255 per pixel (tested), with an identity gradient through the
-roundings.
+transformers' image processors work on uint8 images: a diffusers pipeline's PIL output is uint8, and the resize of
+the default (torchvision) backend takes uint8 and returns uint8 — a horizontal antialiased pass, rounding and
+clipping to uint8, then a vertical pass and rounding again (PIL's slow backend does the same). A single float
+`F.interpolate(..., antialias=True)` skips the middle rounding and clipping and, on high-contrast content where the
+bicubic kernel rings, differs by up to ~20 grey levels.
+
+`processor_pixels(..., quantize=True)` therefore computes the forward pass exactly as the official path does (on
+the CPU with torch's own uint8 kernel, the one torchvision calls, so the result is bit-identical; elsewhere with two
+float passes rounded in between, within one grey level) and uses as gradient the adjoint of the float antialiased
+resize, i.e. straight-through rounding. With `quantize=False` it is one float resize, differentiable exactly.
 """
+
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+_AA_BACKWARD = {
+    "bicubic": torch.ops.aten._upsample_bicubic2d_aa_backward,
+    "bilinear": torch.ops.aten._upsample_bilinear2d_aa_backward,
+}
 
-def straight_through_quantize(pixels: torch.Tensor) -> torch.Tensor:
-    """Round `pixels` in [0, 255] to integers, clamped to [0, 255], in the forward pass; identity gradient."""
-    return pixels + (pixels.round().clamp(0, 255) - pixels).detach()
+
+def _resize(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    return F.interpolate(pixels, size=size, mode=mode, align_corners=False, antialias=True)
 
 
-def resize_like_processor(pixels: torch.Tensor, size: tuple[int, int], mode: str, quantize: bool) -> torch.Tensor:
-    """Resize `pixels` `(B, C, H, W)` in [0, 255] to `size` with antialiasing, horizontal pass first.
+def rounded_two_pass_resize(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """The uint8 resize emulated in float, for devices without torch's uint8 antialiased kernel: a horizontal pass,
+    rounding and clipping, a vertical pass, rounding. Within one grey level of the uint8 kernel (tested)."""
+    pixels = _resize(pixels, (pixels.shape[-2], size[1]), mode).round_().clamp_(0, 255)
+    return _resize(pixels, size, mode).round_().clamp_(0, 255)
 
-    `mode` is `"bicubic"` or `"bilinear"`. With `quantize`, each pass ends in straight-through 8-bit rounding, as
-    in the uint8 official path; without it the two passes equal one separable float resize.
+
+class _QuantizedResize(torch.autograd.Function):
+    """Forward: round to 8 bits, resize as the official uint8 path. Backward: 255 × the float resize's adjoint."""
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+        ctx.input_size, ctx.size, ctx.mode = tuple(images.shape), size, mode
+        pixels = (images * 255.0).round_().clamp_(0, 255)
+        if tuple(images.shape[-2:]) == tuple(size):
+            return pixels
+        if pixels.device.type == "cpu":
+            return _resize(pixels.to(torch.uint8), size, mode).to(images.dtype)
+        return rounded_two_pass_resize(pixels, size, mode)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        if tuple(ctx.input_size[-2:]) == tuple(ctx.size):
+            return grad_output * 255.0, None, None
+        adjoint = _AA_BACKWARD[ctx.mode]
+        grad = adjoint(grad_output.contiguous(), list(ctx.size), list(ctx.input_size), False, None, None)
+        return grad * 255.0, None, None
+
+
+def processor_pixels(images: torch.Tensor, size: tuple[int, int], mode: str, quantize: bool) -> torch.Tensor:
+    """`images` `(B, C, H, W)` in [0, 1] → pixels in [0, 255] at `size`, resized with antialiasing like the processor.
+
+    `mode` is `"bicubic"` or `"bilinear"`. `quantize=True` reproduces the official uint8 path in the forward pass
+    with a straight-through gradient; `quantize=False` is a plain float resize.
     """
-    height, width = pixels.shape[-2:]
-    target_height, target_width = size
-    if target_width != width:
-        pixels = F.interpolate(pixels, size=(height, target_width), mode=mode, align_corners=False, antialias=True)
-        if quantize:
-            pixels = straight_through_quantize(pixels)
-    if target_height != height:
-        pixels = F.interpolate(pixels, size=(target_height, target_width), mode=mode, align_corners=False,
-                               antialias=True)
-        if quantize:
-            pixels = straight_through_quantize(pixels)
-    return pixels
+    if mode not in _AA_BACKWARD:
+        raise ValueError(f"`mode` must be one of {sorted(_AA_BACKWARD)}, got {mode!r}")
+    if quantize:
+        return _QuantizedResize.apply(images, tuple(size), mode)
+    pixels = images * 255.0
+    return pixels if tuple(images.shape[-2:]) == tuple(size) else _resize(pixels, size, mode)
