@@ -71,16 +71,21 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike, revision: str | None =
     return Path(snapshot_download(name, revision=revision, token=token, allow_patterns=HUB_ALLOW_PATTERNS))
 
 
+def _refuse_pickles(checkpoint_dir: Path, missing: str) -> None:
+    """Raise a clear error when `missing` is absent and pickle files stand in its place (they are never read)."""
+    pickles = sorted(p.name for p in checkpoint_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(
+            f"{str(checkpoint_dir)!r} has pickle files {pickles} and no {missing}: pickle checkpoints are refused "
+            "(unpickling can run arbitrary code); save the weights as safetensors"
+        )
+
+
 def read_config(checkpoint_dir: Path) -> dict:
     """Read and check `zreward_config.json`; refuse pickle-only directories with a clear error."""
     config_path = checkpoint_dir / CONFIG_NAME
     if not config_path.is_file():
-        pickles = sorted(p.name for p in checkpoint_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise ValueError(
-                f"{str(checkpoint_dir)!r} holds pickle files {pickles} and no {CONFIG_NAME}: pickle checkpoints are "
-                "refused (they can run arbitrary code); convert the weights to safetensors"
-            )
+        _refuse_pickles(checkpoint_dir, missing=CONFIG_NAME)
         raise ValueError(f"{str(checkpoint_dir)!r} is not a Z-Reward checkpoint: {CONFIG_NAME} is missing")
     try:
         config = json.loads(config_path.read_text())
@@ -104,12 +109,7 @@ def check_weight_files(checkpoint_dir: Path, adapter: bool) -> None:
     stem = "adapter_model" if adapter else "model"
     weights = sorted(checkpoint_dir.glob(f"{stem}*.safetensors"))
     if not weights:
-        pickles = sorted(p.name for p in checkpoint_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise ValueError(
-                f"{str(checkpoint_dir)!r} has only pickle weights {pickles}: refused (pickle can run arbitrary "
-                "code); save the weights as safetensors"
-            )
+        _refuse_pickles(checkpoint_dir, missing=f"{stem}*.safetensors")
         raise ValueError(f"{str(checkpoint_dir)!r} has no {stem}*.safetensors weights")
     for file in weights:
         try:
