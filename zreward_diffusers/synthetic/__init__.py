@@ -1,0 +1,35 @@
+"""The synthetic oracle world (DESIGN §6): prompts, a renderer, a hidden oracle, an annotator panel, rationales.
+
+It lets the paper's whole loop — teacher, student, reward-tuned generator — run and be measured on a CPU, with
+ground truth for any image the world renders (and, through `estimate_scene`, for generated images).
+"""
+
+from .annotators import AnnotatorPanel, PanelConfig
+from .grammar import PromptSpec, all_prompt_specs, sample_prompt_spec
+from .language import describe, rationale
+from .oracle import DIMENSIONS, oracle_scores
+from .render import render
+from .scene import DeviationRates, Scene, SceneObject, perfect_scene, sample_scene
+from .world import SyntheticGroup, SyntheticItem, SyntheticWorld, WorldConfig
+
+__all__ = [
+    "DIMENSIONS",
+    "AnnotatorPanel",
+    "DeviationRates",
+    "PanelConfig",
+    "PromptSpec",
+    "Scene",
+    "SceneObject",
+    "SyntheticGroup",
+    "SyntheticItem",
+    "SyntheticWorld",
+    "WorldConfig",
+    "all_prompt_specs",
+    "describe",
+    "oracle_scores",
+    "perfect_scene",
+    "rationale",
+    "render",
+    "sample_prompt_spec",
+    "sample_scene",
+]
