@@ -33,7 +33,8 @@ def test_grammar_has_hundreds_of_distinct_prompts():
     texts = {spec.text() for spec in all_prompt_specs()}
     assert len(texts) >= 500
     assert len({spec.text() for spec in all_prompt_specs(with_styles=True)}) > 5 * 500
-    assert PromptSpec(1, "yellow", "star", "black", "a photo of").text() == "a photo of a yellow star on a black background"
+    text = PromptSpec(1, "yellow", "star", "black", "a photo of").text()
+    assert text == "a photo of a yellow star on a black background"
     assert PromptSpec(3, "green", "square", "white").text() == "three green squares on a white background"
 
 

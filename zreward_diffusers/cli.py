@@ -1,7 +1,8 @@
-"""The `zreward` command line: `create-tiny`, `score` (and `eval` once the evaluation suite lands).
+"""The `zreward` command line: `create-tiny`, `score` and `eval`.
 
     zreward create-tiny DIR [--family qwen2_vl] [--seed 0]
     zreward score --model DIR --prompt "two red circles" image1.png image2.png
+    zreward eval --model DIR --data DATASET_DIR [--out REPORT_DIR]
 """
 
 from __future__ import annotations
@@ -44,6 +45,39 @@ def _score(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .evaluation import evaluate_probs, markdown_table, score_dataset, write_report
+    from .loss import ZRewardLoss
+
+    loss_fn = ZRewardLoss.from_pretrained(args.model, device=args.device)
+    dataset = load_dataset(args.data)
+    if args.limit is not None:
+        dataset = _first_groups(dataset, args.limit)
+    probs = score_dataset(loss_fn.scorer, dataset, batch_size=args.batch_size)
+    report = evaluate_probs(probs, dataset, weights=loss_fn.rubric.weights)
+    out = Path(args.out) if args.out else Path("runs") / "eval" / Path(args.model).name
+    paths = write_report(report, dataset.dimensions, out, title=f"{args.model} on {args.data}")
+    sys.stdout.write(markdown_table(report, dataset.dimensions))
+    sys.stdout.write(json.dumps({key: str(path) for key, path in paths.items()}) + "\n")
+    return 0
+
+
+def _first_groups(dataset, limit: int):
+    """The records of the first groups, up to `limit` records, with their pairs."""
+    kept, groups = [], set()
+    for record in dataset.records:
+        if len(kept) >= limit and record.group_id not in groups:
+            break
+        kept.append(record)
+        groups.add(record.group_id)
+    ids = {r.record_id for r in kept}
+    pairs = [p for p in dataset.pairs if p.record_a in ids and p.record_b in ids]
+    return type(dataset)(kept, pairs, dataset.root, dataset.dimensions, dataset.levels, [], dataset.description)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zreward", description="Z-Reward score-distribution reward models")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=8)
     score.add_argument("images", nargs="+", help="image files")
     score.set_defaults(func=_score)
+
+    evaluate = commands.add_parser("eval", help="metrics of a model on a dataset: JSON, markdown, reliability PNG")
+    evaluate.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    evaluate.add_argument("--data", required=True, help="dataset directory (ours) or a jsonl/csv/parquet file")
+    evaluate.add_argument("--out", default=None, help="report directory (default runs/eval/<model name>)")
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first groups, ~this many images")
+    evaluate.set_defaults(func=_eval)
     return parser
 
 

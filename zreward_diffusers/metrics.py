@@ -946,6 +946,16 @@ def gsb_with_ci(
 # ---------------------------------------------------------------- one-call evaluation
 
 
+def _undefined_as_none(metric, *args) -> dict[str, Any]:
+    """Correlations of a constant predictor are undefined: report them as None instead of failing the report."""
+    try:
+        return metric(*args)
+    except ValueError as error:
+        if "constant" not in str(error):
+            raise
+        return {"spearman": None, "kendall_tau_b": None, "pearson": None, "undefined": str(error)}
+
+
 def evaluate_scores(
     probs: ArrayLike,
     levels: ArrayLike,
@@ -975,7 +985,8 @@ def evaluate_scores(
     ``w``-weighted mean human score (the plain mean for the default equal weights): ``"mean_reward"``, and
     ``"correlations"`` / ``"pairwise_accuracy"`` as above; with ``pairs`` whose outcome is ``(P,)`` (one overall
     preference), ``"pair_accuracy"``. ``tie_aware_accuracy`` is left out since its ``epsilon`` must come from a
-    dev split. A metric that is undefined on the inputs (constant scores, no untied pair) raises ``ValueError``.
+    dev split. Correlations with a constant predictor are reported as None (with the reason); any other metric that
+    is undefined on the inputs (e.g. no untied pair) raises ``ValueError``.
 
     Args:
         probs: ``(N, D, K)`` predicted distributions.
@@ -1045,7 +1056,7 @@ def evaluate_scores(
         entry: dict[str, Any] = {"mean_expected_score": float(mu.mean())}
         dimension_probs = probs_tensor[:, dimension]
         if human is not None:
-            entry["correlations"] = correlations(mu, human[:, dimension], groups)
+            entry["correlations"] = _undefined_as_none(correlations, mu, human[:, dimension], groups)
             if groups is not None:
                 entry["pairwise_accuracy"] = pairwise_accuracy(mu, human[:, dimension], groups)
         if histogram_tensor is not None:
@@ -1072,7 +1083,7 @@ def evaluate_scores(
     overall: dict[str, Any] = {"mean_reward": float(reward.mean())}
     if human is not None:
         human_overall = human @ weight
-        overall["correlations"] = correlations(reward, human_overall, groups)
+        overall["correlations"] = _undefined_as_none(correlations, reward, human_overall, groups)
         if groups is not None:
             overall["pairwise_accuracy"] = pairwise_accuracy(reward, human_overall, groups)
     if pair_outcome is not None and pair_outcome.ndim == 1:

@@ -117,7 +117,12 @@ def sample_scene(spec: PromptSpec, rng: np.random.Generator, rates: DeviationRat
 
     light = str(rng.choice(["left", "right"]))
     u = rng.random()
-    shadows = "wrong" if u < rates.wrong_shadows else "none" if u < rates.wrong_shadows + rates.no_shadows else "consistent"
+    if u < rates.wrong_shadows:
+        shadows = "wrong"
+    elif u < rates.wrong_shadows + rates.no_shadows:
+        shadows = "none"
+    else:
+        shadows = "consistent"
     scene = Scene(count, colour, shape, background, objects, light, shadows, overlap)
     if rng.random() < rates.blur:
         scene.blur = float(rng.uniform(0.8, 2.2))
