@@ -5,6 +5,7 @@ ground truth for any image the world renders (and, through `estimate_scene`, for
 """
 
 from .annotators import AnnotatorPanel, PanelConfig
+from .estimator import estimate_scene, judge, judge_batch, parse_prompt
 from .grammar import PromptSpec, all_prompt_specs, sample_prompt_spec
 from .language import describe, rationale
 from .oracle import DIMENSIONS, oracle_scores
@@ -26,7 +27,11 @@ __all__ = [
     "WorldConfig",
     "all_prompt_specs",
     "describe",
+    "estimate_scene",
+    "judge",
+    "judge_batch",
     "oracle_scores",
+    "parse_prompt",
     "perfect_scene",
     "rationale",
     "render",
