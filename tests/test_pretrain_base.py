@@ -1,0 +1,166 @@
+"""Tests of `training.pretrain_base` (and of `training.config`): a few steps on tiny models, as TRL tests trainers."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from training.config import load_config, parse_args
+from training.pretrain_base import (
+    Encoder,
+    PretrainBaseConfig,
+    build_model,
+    pretrain,
+    sample_batch,
+    train_step,
+    user_messages,
+)
+from zreward_diffusers import ZRewardScorer
+from zreward_diffusers.synthetic import SyntheticWorld
+from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
+
+TINY_MODELS = {
+    "student": {"text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                "num_attention_heads": 2, "num_key_value_heads": 1},
+                "vision_config": {"depth": 1}},
+    "teacher": {"text_config": {"hidden_size": 64, "intermediate_size": 128}},
+}
+
+
+def few_step_config(output_dir, **changes) -> PretrainBaseConfig:
+    config = PretrainBaseConfig(
+        output_dir=str(output_dir), models=TINY_MODELS, num_train_images=32, num_eval_images=8, batch_size=8,
+        micro_batch_size=4, min_pixels=56 * 56, steps=4, eval_every=0, save_every=2, log_with=None,
+        weight_decay=0.0, lr=1e-3, warmup_steps=1, lr_scheduler="constant_with_warmup",
+    )
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    config = few_step_config(tmp_path_factory.mktemp("base"), log_with="tensorboard")
+    return config, pretrain(config)
+
+
+@pytest.mark.parametrize("name", ["student", "teacher"])
+def test_every_trainable_parameter_changed(run, name):
+    config, _ = run
+    processor = AutoProcessor.from_pretrained(f"{config.output_dir}/{name}")
+    initial = build_model(processor.tokenizer, config.models[name], config.seed)
+    trained = AutoModelForImageTextToText.from_pretrained(f"{config.output_dir}/{name}")
+    trained_parameters = dict(trained.named_parameters())
+    assert trained_parameters.keys() == dict(initial.named_parameters()).keys()
+    for parameter_name, parameter in initial.named_parameters():
+        assert not torch.equal(parameter, trained_parameters[parameter_name]), f"{parameter_name} did not change"
+
+
+def test_checkpoints_load_as_ordinary_hf_checkpoints_and_as_scorers(run):
+    config, results = run
+    metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
+    assert set(metrics) == {"student", "teacher"}
+    attributes = {"colour", "shape", "count", "background"}
+    assert set(metrics["student"]["held_out_accuracy"]) == attributes | {f"{key}_clean" for key in attributes}
+    assert metrics["teacher"]["parameters"] > metrics["student"]["parameters"]
+    assert list(Path(config.output_dir).glob("pretrain_base/**/events.out.tfevents.*"))  # TensorBoard
+    student = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
+    teacher = AutoProcessor.from_pretrained(f"{config.output_dir}/teacher")
+    assert student.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()  # distillation compares token by token
+    assert student.image_processor.size["shortest_edge"] == config.min_pixels
+    model = AutoModelForImageTextToText.from_pretrained(f"{config.output_dir}/student")
+    scorer = ZRewardScorer(model, student)  # checks that "1".."9" are single tokens after "Score: "
+    out = scorer(torch.rand(2, 3, 56, 56), ["a red circle", "two blue squares"])
+    assert out.probs.shape == (2, 4, 9)
+    assert torch.allclose(out.probs.sum(-1), torch.ones(2, 4))
+
+
+def test_resume_continues_exactly(run, tmp_path):
+    full_config, full = run
+    student_only = {"student": TINY_MODELS["student"]}
+    first = pretrain(few_step_config(tmp_path, models=student_only, steps=2))
+    resumed = pretrain(few_step_config(tmp_path, models=student_only, steps=4, resume=True))
+    assert len(first["student"]["losses"]) == 2 and len(resumed["student"]["losses"]) == 2
+    torch.testing.assert_close(first["student"]["losses"] + resumed["student"]["losses"],
+                               full["student"]["losses"], rtol=0, atol=1e-5)
+    resumed_model = AutoModelForImageTextToText.from_pretrained(tmp_path / "student")
+    full_model = AutoModelForImageTextToText.from_pretrained(f"{full_config.output_dir}/student")
+    for (name, a), (_, b) in zip(resumed_model.named_parameters(), full_model.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_task_data_is_a_function_of_seed_and_step():
+    config = few_step_config("unused")
+    items = SyntheticWorld(0).generate(32)
+    rows = sample_batch(items, 3, config)
+    assert rows == sample_batch(SyntheticWorld(0).generate(32), 3, config)
+    assert len(rows) == config.batch_size and all(1 <= len(turns) <= config.questions_per_image for _, turns in rows)
+    assert sample_batch(items, 3, config) != sample_batch(items, 4, config)
+    assert sample_batch(items, 3, config) != sample_batch(items, 3, dataclasses.replace(config, seed=1))
+
+
+def test_micro_batches_give_the_full_batch_gradient(run):
+    config, _ = run
+    processor = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
+    items = SyntheticWorld(0).generate(32)
+    encoder = Encoder(processor, torch.from_numpy(np.stack([item.image for item in items])))
+    rows = sample_batch(items, 0, config)
+    gradients = []
+    for micro_batch_size in (len(rows), 3):
+        model = build_model(processor.tokenizer, config.models["student"], seed=0)
+        loss = train_step(model, encoder, rows, Accelerator(), micro_batch_size)
+        gradients.append((loss, [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(gradients[0][0], gradients[1][0])
+    for full, micro in zip(gradients[0][1], gradients[1][1], strict=True):
+        torch.testing.assert_close(full, micro, rtol=1e-4, atol=1e-6)
+
+
+def test_encoded_conversation_matches_the_processor(run):
+    config, _ = run
+    processor = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
+    items = SyntheticWorld(0).generate(4)
+    encoder = Encoder(processor, torch.from_numpy(np.stack([item.image for item in items])))
+    turns = [("What colour are the objects?", items[1].scene.colour), ("Is the image noisy?", "no")]
+    batch = encoder([(1, turns)])
+    conversation = user_messages(turns[0][0]) + [
+        {"role": "assistant", "content": [{"type": "text", "text": turns[0][1]}]},
+        *user_messages(turns[1][0], with_image=False),
+        {"role": "assistant", "content": [{"type": "text", "text": turns[1][1]}]},
+    ]
+    text = processor.apply_chat_template(conversation, tokenize=False).removesuffix("\n")
+    official = processor(text=[text], images=[Image.fromarray(items[1].image)], return_tensors="pt",
+                         add_special_tokens=False)
+    assert batch["input_ids"].tolist() == official["input_ids"].tolist()
+    assert batch["mm_token_type_ids"].tolist() == official["mm_token_type_ids"].tolist()
+    torch.testing.assert_close(batch["pixel_values"], official["pixel_values"], rtol=0, atol=1e-6)
+    answers = processor.tokenizer.decode(batch["input_ids"][0][batch["label_weights"][0] > 0])
+    assert answers == f"{items[1].scene.colour}<|im_end|>no<|im_end|>"
+    assert batch["label_weights"].sum() == pytest.approx(2.0)  # each answer weighs 1
+
+
+def test_config_loading_rejects_unknown_keys_and_applies_overrides(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("lr: 3e-4\nsteps: 10\nbogus: 1\n")
+    with pytest.raises(ValueError, match="bogus"):
+        load_config(PretrainBaseConfig, path)
+    path.write_text("lr: 3e-4\nsteps: 10\n")
+    with pytest.raises(ValueError, match="nope"):
+        parse_args(PretrainBaseConfig, ["--config", str(path), "--nope", "3"])
+    config = parse_args(PretrainBaseConfig, ["--config", str(path), "--batch_size=16", "--resume",
+                                             "--models.teacher.text_config.num_hidden_layers", "6"])
+    assert (config.lr, config.steps, config.batch_size, config.resume) == (3e-4, 10, 16, True)
+    assert config.models["teacher"]["text_config"]["num_hidden_layers"] == 6
+    default = PretrainBaseConfig().models
+    assert config.models["teacher"]["vision_config"] == default["teacher"]["vision_config"]  # the rest is kept
+    assert config.models["student"] == default["student"]
+    with pytest.raises(ValueError, match="text_config.hidden_sise"):
+        build_model(build_tiny_tokenizer("qwen2_vl"), {"text_config": {"hidden_sise": 8}}, seed=0)
+
+
+def test_shipped_tiny_config_is_the_embedded_default():
+    config = load_config(PretrainBaseConfig, Path(__file__).parents[1] / "training/configs/pretrain_base_tiny.yaml")
+    assert config == PretrainBaseConfig()

@@ -1,0 +1,124 @@
+"""Training configs: dataclasses with a help string per field, loaded from YAML and overridden from the command line.
+
+Every `training/<name>.py` entry point declares one dataclass and calls `parse_args(ThatConfig)`:
+
+    python -m training.<name> --config training/configs/<name>.yaml --lr 1e-4 --models.teacher.vision_config.depth 6
+
+`--key value` (or `--key=value`) overrides the YAML value; a dotted key reaches into a nested dataclass field or
+into a dict field, whose other entries are kept; a flag given without a value means `true`. Unknown keys, in the
+file or on the command line, raise a `ValueError` that names them.
+
+>>> from dataclasses import dataclass, field
+>>> @dataclass
+... class Example:
+...     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+...     sizes: dict = field(default_factory=lambda: {"width": 64, "depth": 2}, metadata={"help": "model size"})
+>>> load_config(Example, overrides={"lr": "3e-4", "sizes.depth": 4})
+Example(lr=0.0003, sizes={'width': 64, 'depth': 4})
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+import yaml
+
+
+def load_config(cls, path=None, overrides: dict | None = None):
+    """Build dataclass `cls` from the YAML file `path` (optional), then apply `overrides` (dotted keys).
+
+    A YAML value replaces the field's default; an override replaces a scalar and is merged into a dict field. Text
+    is converted to an int, float or bool field's type (PyYAML reads `3e-4` as a string).
+    """
+    data = {}
+    if path is not None:
+        with open(path) as file:
+            data = yaml.safe_load(file) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of field names to values")
+    tree = {}
+    for dotted_key, value in (overrides or {}).items():
+        *parents, leaf = dotted_key.split(".")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return _build(cls, data, tree, where=str(path) if path is not None else cls.__name__)
+
+
+def _build(cls, data: dict, overrides: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted((set(data) | set(overrides)) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown} in {where}; {cls.__name__} has {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name in [name for name in fields if name in data or name in overrides]:
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, data.get(name) or {}, overrides.get(name, {}), where=f"{where}.{name}")
+        elif kind is dict or typing.get_origin(kind) is dict:
+            value = data[name] if name in data else fields[name].default_factory()
+            kwargs[name] = _merge(value, overrides.get(name, {}))
+        else:
+            value = overrides[name] if name in overrides else data[name]
+            kwargs[name] = _convert(kind, value, name)
+    return cls(**kwargs)
+
+
+def _convert(kind, value, name: str):
+    if kind is bool and isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"`{name}` must be true or false, got {value!r}")
+        return value.lower() == "true"
+    if kind in (int, float) and isinstance(value, str | int) and not isinstance(value, bool):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"`{name}` must be {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """`base` updated recursively with `update`: nested dicts are merged, other values replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _fields_help(cls, prefix: str = "") -> list[str]:
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += _fields_help(hints[f.name], prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  --{prefix}{f.name}: {f.metadata.get('help', '')} (default: {default!r})")
+    return lines
+
+
+def parse_args(cls, argv: list[str] | None = None):
+    """Parse `--config FILE.yaml` and `--key value` overrides into dataclass `cls` (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        description=cls.__doc__,
+        epilog="config fields (in the YAML file or as --key value):\n" + "\n".join(_fields_help(cls)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file of config fields; command-line overrides apply on top")
+    args, rest = parser.parse_known_args(argv)
+    overrides = {}
+    while rest:
+        argument = rest.pop(0)
+        if not argument.startswith("--") or argument == "--":
+            parser.error(f"expected --key value, got {argument!r}")
+        key, has_value, value = argument[2:].partition("=")
+        if not has_value:
+            value = "true" if not rest or rest[0].startswith("--") else rest.pop(0)
+        overrides[key] = yaml.safe_load(value)
+    return load_config(cls, args.config, overrides)

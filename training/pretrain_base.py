@@ -1,0 +1,587 @@
+"""Pretrain the world's base VLMs: tiny Qwen2-VL students and teachers that can name what the world's images show.
+
+A from-scratch tiny VLM does not learn to compare its prompt with its image from score labels alone (DESIGN §6);
+real VLMs arrive pretrained, and so must ours. This entry point builds one tokenizer on the world's text (prompts,
+descriptions, rationales, the questions below and the rubric's wording), then trains each model in
+`config.models` from scratch on chat-formatted question → answer pairs written from the true scene of each image:
+object colour, shape and count, background colour, sun side, shadow direction, floating objects, degradations,
+"Describe the image." → `describe(scene)`, and the rubric's own questions answered with the description (never a
+score: scores are learned later). The loss is the language-model loss on the answer tokens only.
+
+Each model is saved as an ordinary Hugging Face checkpoint (`<output_dir>/<name>`: safetensors weights, config,
+processor with tokenizer and chat template), which every later stage loads exactly as a downloaded one:
+
+    python -m training.pretrain_base --config training/configs/pretrain_base_tiny.yaml --output_dir runs/base
+    accelerate launch -m training.pretrain_base --config training/configs/pretrain_base_tiny.yaml   # same code
+
+`<output_dir>/metrics.json` holds the held-out accuracies (colour, shape, count and background named by the
+highest log-likelihood among the candidate answers, not by free generation) and the training time of each model.
+A periodic training state (`<output_dir>/checkpoints/<name>`: weights, AdamW moments, scheduler, RNG, step, in
+safetensors and JSON) lets `--resume` continue a run exactly: each step's batch is a function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor, get_scheduler
+
+from zreward_diffusers.preprocessing import QwenVLImageTransform
+from zreward_diffusers.rubric import Rubric
+from zreward_diffusers.synthetic import DIMENSIONS, Scene, SyntheticWorld, WorldConfig, describe
+from zreward_diffusers.synthetic.grammar import BACKGROUND_COLOURS, COUNT_WORDS, OBJECT_COLOURS, SHAPES
+from zreward_diffusers.testing import tiny_config, tiny_processor
+from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
+
+from .config import parse_args
+
+logger = logging.getLogger(__name__)
+
+FAMILY = "qwen2_vl"
+STATE_FILE = "training_state.safetensors"
+STATE_META_FILE = "training_state.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class PretrainBaseConfig:
+    """Pretraining of the synthetic world's base models (tiny Qwen2-VL) on descriptions of its images."""
+
+    output_dir: str = field(default="runs/base", metadata={"help": "where `<name>/` checkpoints and metrics go"})
+    models: dict = field(
+        default_factory=lambda: {
+            "student": {
+                "text_config": {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8,
+                                "num_key_value_heads": 4, "initializer_range": 0.06},
+                "vision_config": {"embed_dim": 64, "num_heads": 4, "initializer_range": 0.06},
+            },
+            "teacher": {
+                "text_config": {"hidden_size": 192, "intermediate_size": 384, "num_hidden_layers": 3,
+                                "num_attention_heads": 12, "num_key_value_heads": 4, "initializer_range": 0.06},
+                "vision_config": {"embed_dim": 96, "depth": 3, "num_heads": 6, "initializer_range": 0.06},
+            },
+        },
+        metadata={"help": "models to train, by name: overrides of the tiny Qwen2-VL config (`text_config`, "
+                          "`vision_config`); the vision merger's output width follows the text width"},
+    )
+    world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
+    num_train_images: int = field(default=8192, metadata={"help": "training images (the world's first groups)"})
+    num_eval_images: int = field(default=512, metadata={"help": "held-out images (groups after the training ones)"})
+    image_size: int = field(default=56, metadata={"help": "side of the rendered images in pixels"})
+    min_pixels: int = field(
+        default=112 * 112,
+        metadata={"help": "processor min_pixels: 112*112 upsamples 56 px images to 16 image tokens (56*56: 4 tokens)"},
+    )
+    max_pixels: int = field(default=112 * 112, metadata={"help": "processor max_pixels"})
+    vocab_size: int = field(default=1024, metadata={"help": "size of the shared byte-level BPE vocabulary"})
+    task_weights: dict = field(
+        default_factory=lambda: {"colour": 3, "shape": 4, "count": 5, "background": 1, "sun": 0.25, "shadows": 0.25,
+                                 "floating": 0.25, "blur": 0.25, "noise": 0.25, "compression": 0.25, "cast": 0.25,
+                                 "crop": 0.25, "overlap": 0.25, "objects": 2, "describe": 1, "rubric": 1},
+        metadata={"help": "relative sampling weight of each question type (`TASKS` and `rubric`)"},
+    )
+    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    lr_scheduler: str = field(
+        default="cosine",
+        metadata={"help": "transformers scheduler name; with one that ignores the total (constant_with_warmup), "
+                          "k steps resumed to 2k equal a 2k-step run"},
+    )
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    batch_size: int = field(default=32, metadata={"help": "rows (images) per step, over all processes"})
+    questions_per_image: int = field(
+        default=4, metadata={"help": "short questions asked about one image in one conversation (one row)"}
+    )
+    micro_batch_size: int = field(
+        default=8, metadata={"help": "rows per forward pass; rows are sorted by length first, so each pads little"}
+    )
+    steps: int = field(default=3000, metadata={"help": "optimizer steps per model"})
+    eval_every: int = field(default=500, metadata={"help": "steps between held-out evaluations (0: only at the end)"})
+    eval_batch_size: int = field(default=64, metadata={"help": "sequences per forward pass in evaluation"})
+    save_every: int = field(default=500, metadata={"help": "steps between training-state checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "steps between logged losses"})
+    log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker, or null for none"})
+    seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
+    resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+def _count_word(count: int) -> str:
+    return COUNT_WORDS.get(count, str(count))
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _shadow_side(scene: Scene) -> str:
+    if scene.shadows == "none":
+        return "there are no shadows"
+    away = "right" if scene.light == "left" else "left"
+    return f"to the {away if scene.shadows == 'consistent' else scene.light}"
+
+
+def _objects(scene: Scene) -> str:
+    return describe(scene).split(".")[0]  # "three red circles on a blue background"
+
+
+# Question types: the wordings of each, with the answer written from the true scene. Answers are lower-case words or
+# phrases. The first wording of colour, shape, count and background is the one evaluated.
+TASKS: dict[str, tuple[tuple[str, Callable[[Scene], str]], ...]] = {
+    "colour": (("What colour are the objects?", lambda s: s.colour),
+               ("Which colour are the shapes?", lambda s: s.colour)),
+    "shape": (("What shape are the objects?", lambda s: s.shape), ("Which shape is drawn?", lambda s: s.shape)),
+    "count": (("How many objects are there?", lambda s: _count_word(s.count)),
+              ("How many shapes do you count?", lambda s: _count_word(s.count)),
+              ("How many objects are there? Answer with a digit.", lambda s: str(s.count))),
+    "background": (("What colour is the background?", lambda s: s.background),),
+    "sun": (("Which side is the sun on?", lambda s: s.light),),
+    "shadows": (("Which way do the shadows fall?", _shadow_side),),
+    "floating": (("How many objects are floating?", lambda s: _count_word(s.floating) if s.floating else "none"),),
+    "blur": (("Is the image blurry?", lambda s: _yes_no(s.blur > 0)),),
+    "noise": (("Is the image noisy?", lambda s: _yes_no(s.noise > 0)),),
+    "compression": (("Does the image show compression artefacts?", lambda s: _yes_no(s.compression > 0)),),
+    "cast": (("Does the image have a colour cast?", lambda s: _yes_no(s.cast_strength > 0)),),
+    "crop": (("Is the image cropped?", lambda s: _yes_no(s.crop > 0)),),
+    "overlap": (("Do any objects overlap?", lambda s: _yes_no(s.overlap)),),
+    "objects": (("What is in the image?", _objects),),
+    "describe": (("Describe the image.", describe),),
+}
+# The rubric's question for the image's prompt and a random dimension, answered with the description (no score).
+RUBRIC_TASK = "rubric"
+# Question types whose answer gives the others away: asked alone, never in a conversation with other questions.
+ASKED_ALONE = ("objects", "describe", RUBRIC_TASK)
+
+# Attributes evaluated on held-out images: the candidate answers of each (every value the world can show).
+EVAL_CANDIDATES = {
+    "colour": OBJECT_COLOURS,
+    "shape": SHAPES,
+    "count": tuple(_count_word(n) for n in range(6)),
+    "background": BACKGROUND_COLOURS,
+}
+
+
+def user_messages(question: str, with_image: bool = True) -> list[dict]:
+    """A user turn; the first one of a conversation shows the image before the question, as the rubric does."""
+    content = [{"type": "image"}] if with_image else []
+    return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
+
+
+def _ask(name: str, item, rng: np.random.Generator) -> tuple[str, str]:
+    if name == RUBRIC_TASK:
+        messages = Rubric().messages(item.prompt, DIMENSIONS[int(rng.integers(len(DIMENSIONS)))])
+        return messages[0]["content"][-1]["text"], describe(item.scene)
+    wordings = TASKS[name]
+    question, answer = wordings[int(rng.integers(len(wordings)))]
+    return question, answer(item.scene)
+
+
+def sample_batch(items, step: int, config: PretrainBaseConfig) -> list[tuple[int, list[tuple[str, str]]]]:
+    """The rows of step `step`, a function of `(config.seed, step)` only: `(image index, [(question, answer)])`.
+
+    A row is a conversation about one image: a question type drawn by `task_weights`, then, unless it is one of
+    `ASKED_ALONE`, `questions_per_image - 1` further distinct types (one image encoding serves several answers).
+    """
+    names = list(config.task_weights)
+    unknown = sorted(set(names) - set(TASKS) - {RUBRIC_TASK})
+    if unknown:
+        raise ValueError(f"unknown `task_weights` keys {unknown}; known: {sorted(TASKS) + [RUBRIC_TASK]}")
+    weights = np.array([config.task_weights[name] for name in names], dtype=np.float64)
+    rng = np.random.default_rng([config.seed, step])
+    rows = []
+    for index in rng.integers(len(items), size=config.batch_size).tolist():
+        first = int(rng.choice(len(names), p=weights / weights.sum()))
+        chosen = [first]
+        if names[first] not in ASKED_ALONE:
+            others = [i for i, name in enumerate(names) if i != first and name not in ASKED_ALONE and weights[i] > 0]
+            size = min(config.questions_per_image - 1, len(others))
+            if size:
+                p = weights[others] / weights[others].sum()
+                chosen += rng.choice(others, size=size, replace=False, p=p).tolist()
+        rows.append((index, [_ask(names[i], items[index], rng) for i in chosen]))
+    return rows
+
+
+def corpus(items) -> list[str]:
+    """Text the shared tokenizer is trained on: the world's prompts, descriptions, rationales and our questions."""
+    rubric = Rubric()
+    texts = [item.prompt for item in items] + [item.description for item in items]
+    texts += [rationale for item in items for rationale in item.rationales.values()]
+    texts += [rubric.messages(item.prompt, d)[0]["content"][-1]["text"] for item in items[:64] for d in DIMENSIONS]
+    texts += [question for wordings in TASKS.values() for question, _ in wordings]
+    texts += [answer(item.scene) for item in items for wordings in TASKS.values() for _, answer in wordings]
+    return texts
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+class Encoder:
+    """Turns rows `(image index, [(question, answer), ...])` into model inputs, as the official processor builds them.
+
+    The first user turn shows the image (the processor expands its placeholder into image tokens); each answer is
+    followed by the end-of-turn token; a `None` answer ends the row at the generation prompt (for reading the next
+    token). Rows are right-padded. Each answer token carries the weight 1 / (answer length) in `label_weights`, so
+    a one-word answer weighs as much as a description. Images go through `QwenVLImageTransform`, bit-identical to
+    the processor's pixels.
+    """
+
+    def __init__(self, processor, images: torch.Tensor):
+        self.processor = processor
+        self.images = images  # (N, H, W, 3) uint8
+        self.transform = QwenVLImageTransform.from_image_processor(processor.image_processor)
+        self.end_of_turn = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self._prompts: dict[tuple[str, bool], tuple[list[int], list[int]]] = {}
+        height, width = images.shape[1:3]
+        self._blank = Image.new("RGB", (width, height))
+
+    def prompt(self, question: str, first: bool) -> tuple[list[int], list[int]]:
+        """`input_ids` and `mm_token_type_ids` (1 on image tokens) of a user turn and the generation prompt."""
+        if (question, first) not in self._prompts:
+            text = self.processor.apply_chat_template(user_messages(question, with_image=first),
+                                                      add_generation_prompt=True, tokenize=False)
+            if first:
+                encoded = self.processor(text=[text], images=[self._blank], add_special_tokens=False)
+                self._prompts[question, first] = (list(encoded["input_ids"][0]), list(encoded["mm_token_type_ids"][0]))
+            else:  # the newline closes the previous assistant turn
+                ids = self.processor.tokenizer.encode("\n" + text, add_special_tokens=False)
+                self._prompts[question, first] = (ids, [0] * len(ids))
+        return self._prompts[question, first]
+
+    def answer_ids(self, answer: str | None) -> list[int]:
+        if answer is None:
+            return []
+        return self.processor.tokenizer.encode(answer, add_special_tokens=False) + [self.end_of_turn]
+
+    def single_token_id(self, answer: str) -> int:
+        ids = self.processor.tokenizer.encode(answer, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"evaluated answers must be single tokens; {answer!r} is {ids} (raise `vocab_size`)")
+        return ids[0]
+
+    def _row(self, turns) -> tuple[list[int], list[int], list[float]]:
+        ids, types, weights = [], [], []
+        for turn, (question, answer) in enumerate(turns):
+            prompt_ids, prompt_types = self.prompt(question, first=turn == 0)
+            answer_ids = self.answer_ids(answer)
+            ids += prompt_ids + answer_ids
+            types += prompt_types + [0] * len(answer_ids)
+            weights += [0.0] * len(prompt_ids) + [1.0 / max(len(answer_ids), 1)] * len(answer_ids)
+        return ids, types, weights
+
+    def length(self, row) -> int:
+        return len(self._row(row[1])[0])
+
+    def __call__(self, rows) -> dict[str, torch.Tensor]:
+        encoded = [self._row(turns) for _, turns in rows]
+        shape = (len(rows), max(len(ids) for ids, _, _ in encoded))
+        input_ids = torch.full(shape, self.processor.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        mm_token_type_ids = torch.zeros(shape, dtype=torch.long)
+        label_weights = torch.zeros(shape)
+        for row, (ids, types, weights) in enumerate(encoded):  # right padding
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            mm_token_type_ids[row, : len(ids)] = torch.tensor(types)
+            label_weights[row, : len(ids)] = torch.tensor(weights)
+        images = self.images[[index for index, _ in rows]]  # (B, H, W, 3) uint8
+        pixels = self.transform(images.permute(0, 3, 1, 2).float() / 255.0)  # (B, 3, H, W) in [0, 1]
+        return dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
+                    label_weights=label_weights, **pixels)
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def weighted_answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over answer tokens of `label_weights` × negative log-likelihood: the sum of each answer's mean NLL.
+
+    Logits are computed only over the span of columns that hold answer tokens (the LM head is a fifth of the cost).
+    """
+    inputs = {key: value for key, value in batch.items() if key != "label_weights"}
+    columns = (batch["label_weights"] > 0).any(dim=0).nonzero().squeeze(1)
+    first, last = int(columns[0]), int(columns[-1])
+    keep = torch.arange(first - 1, last, device=columns.device)  # the logits at t predict token t + 1
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits.float()  # (B, K, V)
+    targets = batch["input_ids"][:, first : last + 1]  # (B, K)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, K)
+    return (nll * batch["label_weights"][:, first : last + 1]).sum()
+
+
+def train_step(model, encoder: Encoder, rows, accelerator: Accelerator, micro_batch_size: int) -> torch.Tensor:
+    """Backpropagate the mean over `rows`' answers of each answer's mean token NLL; returns it (detached).
+
+    Rows are sorted by length and run in micro-batches, each padded to its own longest row (the rubric's questions
+    are three times longer than the others); gradients are synchronised once, after the last micro-batch.
+    """
+    rows = sorted(rows, key=encoder.length)
+    num_answers = sum(len(turns) for _, turns in rows)
+    total = torch.zeros((), device=accelerator.device)
+    for start in range(0, len(rows), micro_batch_size):
+        last = start + micro_batch_size >= len(rows)
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            batch = _to(encoder(rows[start : start + micro_batch_size]), accelerator.device)
+            loss = weighted_answer_loss(model, batch) / num_answers
+            accelerator.backward(loss)
+        total += loss.detach()
+    return total
+
+
+def is_clean(scene: Scene) -> bool:
+    """No degradation: neither blur, noise, compression, colour cast nor crop."""
+    return not (scene.blur or scene.noise or scene.compression or scene.cast_strength or scene.crop)
+
+
+@torch.no_grad()
+def evaluate(model, encoder: Encoder, indices: list[int], scenes: list[Scene], accelerator: Accelerator,
+             batch_size: int) -> dict[str, float]:
+    """Held-out accuracy of naming each attribute in `EVAL_CANDIDATES`: the candidate of highest log-likelihood.
+
+    Every candidate is a single token, so its log-likelihood is read from the next-token distribution after the
+    question (one forward pass per image and attribute). `indices` are image indices into `encoder.images`,
+    `scenes` their true scenes; processes split the images. Keys `<attribute>` cover all images,
+    `<attribute>_clean` the undegraded ones (`is_clean`).
+    """
+    model.eval()
+    local = list(range(accelerator.process_index, len(indices), accelerator.num_processes))
+    clean = torch.tensor([is_clean(scenes[i]) for i in local], dtype=torch.bool)
+    accuracies = {}
+    for attribute, candidates in EVAL_CANDIDATES.items():
+        question, answer = TASKS[attribute][0]
+        candidate_ids = [encoder.single_token_id(candidate) for candidate in candidates]
+        correct = []
+        for start in range(0, len(local), batch_size):
+            rows = local[start : start + batch_size]
+            batch = _to(encoder([(indices[i], [(question, None)]) for i in rows]), accelerator.device)
+            logits = model(**{k: v for k, v in batch.items() if k != "label_weights"}, use_cache=False).logits
+            last = batch["attention_mask"].sum(dim=1) - 1  # the read position of each right-padded row
+            scores = logits[torch.arange(len(rows)), last][:, candidate_ids]  # (B, C); softmax keeps the argmax
+            correct += [candidates[p] == answer(scenes[i]) for p, i in zip(scores.argmax(dim=1).tolist(), rows,
+                                                                              strict=True)]
+        correct = torch.tensor(correct, dtype=torch.bool)
+        counts = torch.tensor([correct.sum(), len(local), correct[clean].sum(), clean.sum()])
+        counts = accelerator.reduce(counts.to(accelerator.device), "sum").tolist()
+        accuracies[attribute] = counts[0] / counts[1]
+        accuracies[f"{attribute}_clean"] = counts[2] / max(counts[3], 1)
+    model.train()
+    return accuracies
+
+
+# ------------------------------------------------------------------------------------------------ models
+def build_tokenizer(items, vocab_size: int):
+    """The tokenizer shared by every base model (distillation compares their distributions token by token)."""
+    return build_tiny_tokenizer(FAMILY, vocab_size=vocab_size, extra_corpus=corpus(items))
+
+
+def build_processor(tokenizer, config: PretrainBaseConfig):
+    """The tiny Qwen2-VL processor around `tokenizer`, with the config's image size limits."""
+    processor = tiny_processor(FAMILY, tokenizer)
+    processor.image_processor = Qwen2VLImageProcessor(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+    return processor
+
+
+def build_model(tokenizer, overrides: dict, seed: int):
+    """A randomly initialised Qwen2-VL: the tiny config of `testing.tiny_config` with `overrides` applied."""
+    config = tiny_config(FAMILY, tokenizer).to_dict()
+    unknown = sorted(set(overrides) - {"text_config", "vision_config"})
+    unknown += sorted(f"{part}.{key}" for part in ("text_config", "vision_config")
+                      for key in set(overrides.get(part, {})) - set(config[part]))
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}")
+    text = dict(config["text_config"], **overrides.get("text_config", {}))
+    if "num_hidden_layers" in overrides.get("text_config", {}):
+        text.pop("layer_types")  # recomputed for the new depth
+    # Qwen2-VL's text attention uses hidden_size / num_attention_heads as the head width, its rotary embedding uses
+    # head_dim, and M-RoPE splits half of it into (temporal, height, width) sections.
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    if head_dim != text["head_dim"] or 2 * sum(text["rope_parameters"]["mrope_section"]) != head_dim:
+        raise ValueError(
+            "`text_config` must have head_dim == hidden_size / num_attention_heads == 2 * sum(mrope_section), got "
+            f"{text['head_dim']}, {head_dim}, {2 * sum(text['rope_parameters']['mrope_section'])}"
+        )
+    vision = dict(config["vision_config"], **overrides.get("vision_config", {}))
+    if vision["hidden_size"] != text["hidden_size"] and "hidden_size" in overrides.get("vision_config", {}):
+        raise ValueError("`vision_config.hidden_size` (the merger's output) must equal `text_config.hidden_size`")
+    vision["hidden_size"] = text["hidden_size"]
+    config = Qwen2VLConfig.from_dict(dict(config, text_config=text, vision_config=vision))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForImageTextToText.from_config(config)
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def _replace_directory(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory through `write(temporary)`, then swap it in by renames (never a half-written `final`)."""
+    temporary, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(temporary, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    write(temporary)
+    if final.exists():
+        final.rename(old)
+    temporary.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_training_state(directory: Path, model, optimizer, scheduler, step: int, train_seconds: float) -> None:
+    """Weights, AdamW moments, torch RNG in safetensors; step, param groups and scheduler in JSON."""
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"model.{name}": value.contiguous() for name, value in model.state_dict().items()}
+    for index, state in optimizer_state["state"].items():
+        tensors.update({f"optimizer.{index}.{key}": value for key, value in state.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = dict(step=step, train_seconds=train_seconds, param_groups=optimizer_state["param_groups"],
+                scheduler=scheduler.state_dict())
+
+    def write(temporary: Path) -> None:
+        save_file(tensors, temporary / STATE_FILE)
+        (temporary / STATE_META_FILE).write_text(json.dumps(meta))
+
+    _replace_directory(directory, write)
+
+
+def load_training_state(directory: Path, model, optimizer, scheduler) -> tuple[int, float]:
+    """Restore what `save_training_state` wrote; returns `(step, train_seconds)`."""
+    tensors = load_file(directory / STATE_FILE)
+    meta = json.loads((directory / STATE_META_FILE).read_text())
+    model.load_state_dict({name[6:]: value for name, value in tensors.items() if name.startswith("model.")})
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["step"], meta["train_seconds"]
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelerator: Accelerator, processor,
+                encoder: Encoder, train_items, eval_indices: list[int], eval_scenes: list[Scene]) -> dict:
+    """Train one base model, save it to `<output_dir>/<name>`; returns its metrics and this run's step losses.
+
+    `train_seconds` is the wall-clock time of the training loop, held-out evaluations and checkpoints included
+    (summed over resumed runs).
+    """
+    output_dir = Path(config.output_dir)
+    state_dir = output_dir / "checkpoints" / name
+    model = build_model(processor.tokenizer, overrides, config.seed)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=config.steps)
+    start_step, train_seconds = 0, 0.0
+    if config.resume and (state_dir / STATE_FILE).exists():
+        start_step, train_seconds = load_training_state(state_dir, model, optimizer, scheduler)
+        logger.info("%s: resumed from step %d", name, start_step)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    losses, accuracy = [], {}
+    progress = tqdm(range(start_step, config.steps), desc=name, disable=not accelerator.is_local_main_process)
+    started = time.perf_counter()
+    for step in progress:
+        rows = sample_batch(train_items, step, config)[rank::world]
+        loss = train_step(model, encoder, rows, accelerator, config.micro_batch_size)
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(accelerator.reduce(loss, "mean").item())
+        done = step + 1
+        progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        if done % config.log_every == 0:
+            accelerator.log({f"{name}/loss": losses[-1], f"{name}/lr": scheduler.get_last_lr()[0]}, step=done)
+        if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
+            accuracy = evaluate(model, encoder, eval_indices, eval_scenes, accelerator, config.eval_batch_size)
+            accelerator.log({f"{name}/eval/{key}": value for key, value in accuracy.items()}, step=done)
+            logger.info("%s step %d: held-out accuracy %s", name, done, accuracy)
+        if done % config.save_every == 0 or done == config.steps:
+            elapsed = train_seconds + time.perf_counter() - started
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_training_state(state_dir, accelerator.unwrap_model(model), optimizer, scheduler, done, elapsed)
+    train_seconds += time.perf_counter() - started
+    if not accuracy:  # nothing left to train after a resume
+        accuracy = evaluate(model, encoder, eval_indices, eval_scenes, accelerator, config.eval_batch_size)
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+
+        def write(temporary: Path) -> None:
+            unwrapped.save_pretrained(temporary)
+            processor.save_pretrained(temporary)
+
+        _replace_directory(output_dir / name, write)
+    accelerator.free_memory(model, optimizer, scheduler)
+    metrics = dict(held_out_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.steps,
+                   parameters=num_parameters)
+    return dict(metrics, losses=losses)
+
+
+def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
+    """Build the data and tokenizer, train every model of `config.models`; returns `{name: metrics + losses}`."""
+    accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir)
+    world = SyntheticWorld(config.world_seed, WorldConfig(image_size=config.image_size))
+    group_size = world.config.group_size
+    num_train_groups = math.ceil(config.num_train_images / group_size)
+    num_eval_groups = math.ceil(config.num_eval_images / group_size)
+    started = time.perf_counter()
+    train_items = [item for group in world.groups(num_train_groups) for item in group.items]
+    train_items = train_items[: config.num_train_images]
+    eval_items = [item for group in world.groups(num_eval_groups, start=num_train_groups) for item in group.items]
+    eval_items = eval_items[: config.num_eval_images]
+    data_seconds = time.perf_counter() - started
+    images = torch.from_numpy(np.stack([item.image for item in train_items + eval_items]))  # (N, H, W, 3) uint8
+    eval_indices = list(range(len(train_items), len(images)))
+    eval_scenes = [item.scene for item in eval_items]
+
+    processor = build_processor(build_tokenizer(train_items, config.vocab_size), config)
+    encoder = Encoder(processor, images)
+    logger.info("world: %d training and %d held-out images in %.1f s; vocabulary %d", len(train_items),
+                len(eval_items), data_seconds, len(processor.tokenizer))
+    if config.log_with:
+        hparams = {key: value for key, value in asdict(config).items() if isinstance(value, int | float | str)}
+        accelerator.init_trackers("pretrain_base", config=hparams)
+
+    results = {}
+    metrics_path = Path(config.output_dir) / METRICS_FILE
+    for name, overrides in config.models.items():
+        results[name] = train_model(name, overrides, config, accelerator, processor, encoder, train_items,
+                                    eval_indices, eval_scenes)
+        if accelerator.is_main_process:
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+            metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}
+            metrics_path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
+            metrics_path.with_suffix(".tmp").replace(metrics_path)
+    accelerator.end_training()
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = parse_args(PretrainBaseConfig, argv)
+    results = pretrain(config)
+    for name, result in results.items():
+        logger.info("%s: %s in %.0f s", name, result["held_out_accuracy"], result["train_seconds"])
+
+
+if __name__ == "__main__":
+    main()
