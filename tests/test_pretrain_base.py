@@ -161,6 +161,27 @@ def test_config_loading_rejects_unknown_keys_and_applies_overrides(tmp_path):
         build_model(build_tiny_tokenizer("qwen2_vl"), {"text_config": {"hidden_sise": 8}}, seed=0)
 
 
+@dataclasses.dataclass
+class _Optimizer:
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.999)
+
+
+@dataclasses.dataclass
+class _Nested:
+    optimizer: _Optimizer = dataclasses.field(default_factory=_Optimizer)
+    steps: int = 1
+
+
+def test_config_loading_builds_nested_dataclasses(tmp_path):
+    path = tmp_path / "nested.yaml"
+    path.write_text("optimizer:\n  lr: 3e-4\nsteps: 2\n")
+    config = parse_args(_Nested, ["--config", str(path), "--optimizer.betas", "[0.9, 0.95]"])
+    assert config == _Nested(_Optimizer(3e-4, [0.9, 0.95]), steps=2)
+    with pytest.raises(ValueError, match=r"optimizer\.momentum"):
+        load_config(_Nested, overrides={"optimizer.momentum": 0.9})
+
+
 def test_shipped_tiny_config_is_the_embedded_default():
     config = load_config(PretrainBaseConfig, Path(__file__).parents[1] / "training/configs/pretrain_base_tiny.yaml")
     assert config == PretrainBaseConfig()

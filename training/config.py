@@ -45,20 +45,21 @@ def load_config(cls, path=None, overrides: dict | None = None):
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return _build(cls, data, tree, where=str(path) if path is not None else cls.__name__)
+    return _build(cls, data, tree, source=str(path), prefix="")
 
 
-def _build(cls, data: dict, overrides: dict, where: str):
+def _build(cls, data: dict, overrides: dict, source: str, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted((set(data) | set(overrides)) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown} in {where}; {cls.__name__} has {sorted(fields)}")
+    for keys, origin in ((data, f"config file {source}"), (overrides, "overrides")):
+        unknown = sorted(prefix + key for key in set(keys) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown} in the {origin}; {cls.__name__} has {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name in [name for name in fields if name in data or name in overrides]:
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
-            kwargs[name] = _build(kind, data.get(name) or {}, overrides.get(name, {}), where=f"{where}.{name}")
+            kwargs[name] = _build(kind, data.get(name) or {}, overrides.get(name, {}), source, f"{prefix}{name}.")
         elif kind is dict or typing.get_origin(kind) is dict:
             value = data[name] if name in data else fields[name].default_factory()
             kwargs[name] = _merge(value, overrides.get(name, {}))

@@ -2,11 +2,13 @@
 
 A from-scratch tiny VLM does not learn to compare its prompt with its image from score labels alone (DESIGN §6);
 real VLMs arrive pretrained, and so must ours. This entry point builds one tokenizer on the world's text (prompts,
-descriptions, rationales, the questions below and the rubric's wording), then trains each model in
-`config.models` from scratch on chat-formatted question → answer pairs written from the true scene of each image:
-object colour, shape and count, background colour, sun side, shadow direction, floating objects, degradations,
-"Describe the image." → `describe(scene)`, and the rubric's own questions answered with the description (never a
-score: scores are learned later). The loss is the language-model loss on the answer tokens only.
+descriptions, rationales, the questions below and the rubric's wording), shared by all models, then trains each
+model in `config.models` from scratch on chat-formatted conversations about one image (image first), whose answers
+are written from the image's true scene: several short questions (object colour, shape and count, background
+colour, sun side, shadow direction, floating objects, degradations), or one long answer ("What is in the image?",
+"Describe the image." → `describe(scene)`, and the rubric's own questions answered with the description — never
+with a score: scores are learned later). The loss is the language-model loss on the answer tokens only, each
+answer's mean token loss weighing the same.
 
 Each model is saved as an ordinary Hugging Face checkpoint (`<output_dir>/<name>`: safetensors weights, config,
 processor with tokenizer and chat template), which every later stage loads exactly as a downloaded one:
