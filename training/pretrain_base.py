@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor, get_scheduler
 
@@ -50,12 +48,11 @@ from zreward_diffusers.testing import tiny_config, tiny_processor
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 from .config import parse_args
+from .state import has_training_state, load_training_state, replace_directory, save_training_state
 
 logger = logging.getLogger(__name__)
 
 FAMILY = "qwen2_vl"
-STATE_FILE = "training_state.safetensors"
-STATE_META_FILE = "training_state.json"
 METRICS_FILE = "metrics.json"
 
 
@@ -425,53 +422,6 @@ def build_model(tokenizer, overrides: dict, seed: int):
         return AutoModelForImageTextToText.from_config(config)
 
 
-# ------------------------------------------------------------------------------------------------ saving
-def _replace_directory(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory through `write(temporary)`, then swap it in by renames (never a half-written `final`)."""
-    temporary, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(temporary, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    write(temporary)
-    if final.exists():
-        final.rename(old)
-    temporary.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_training_state(directory: Path, model, optimizer, scheduler, step: int, train_seconds: float) -> None:
-    """Weights, AdamW moments, torch RNG in safetensors; step, param groups and scheduler in JSON."""
-    optimizer_state = optimizer.state_dict()
-    tensors = {f"model.{name}": value.contiguous() for name, value in model.state_dict().items()}
-    for index, state in optimizer_state["state"].items():
-        tensors.update({f"optimizer.{index}.{key}": value for key, value in state.items()})
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = dict(step=step, train_seconds=train_seconds, param_groups=optimizer_state["param_groups"],
-                scheduler=scheduler.state_dict())
-
-    def write(temporary: Path) -> None:
-        save_file(tensors, temporary / STATE_FILE)
-        (temporary / STATE_META_FILE).write_text(json.dumps(meta))
-
-    _replace_directory(directory, write)
-
-
-def load_training_state(directory: Path, model, optimizer, scheduler) -> tuple[int, float]:
-    """Restore what `save_training_state` wrote; returns `(step, train_seconds)`."""
-    tensors = load_file(directory / STATE_FILE)
-    meta = json.loads((directory / STATE_META_FILE).read_text())
-    model.load_state_dict({name[6:]: value for name, value in tensors.items() if name.startswith("model.")})
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta["step"], meta["train_seconds"]
-
-
 # ------------------------------------------------------------------------------------------------ training
 def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelerator: Accelerator, processor,
                 encoder: Encoder, train_items, eval_indices: list[int], eval_scenes: list[Scene]) -> dict:
@@ -488,8 +438,8 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.steps)
     start_step, train_seconds = 0, 0.0
-    if config.resume and (state_dir / STATE_FILE).exists():
-        start_step, train_seconds = load_training_state(state_dir, model, optimizer, scheduler)
+    if config.resume and has_training_state(state_dir):
+        start_step, train_seconds, _ = load_training_state(state_dir, model, optimizer, scheduler)
         logger.info("%s: resumed from step %d", name, start_step)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
@@ -531,7 +481,7 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
             unwrapped.save_pretrained(temporary)
             processor.save_pretrained(temporary)
 
-        _replace_directory(output_dir / name, write)
+        replace_directory(output_dir / name, write)
     accelerator.free_memory(model, optimizer, scheduler)
     metrics = dict(held_out_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.steps,
                    parameters=num_parameters)

@@ -115,20 +115,7 @@ class ZRewardScorer(nn.Module):
         return self.processor.tokenizer
 
     def _score_token_ids(self) -> torch.Tensor:
-        """Ids of the score tokens as they appear right after the answer prefix; each must be one token."""
-        prefix = self.rubric.answer_prefix
-        prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False)
-        ids = []
-        for token in self.rubric.score_tokens:
-            full = self.tokenizer.encode(prefix + token, add_special_tokens=False)
-            if len(full) != len(prefix_ids) + 1 or full[: len(prefix_ids)] != prefix_ids:
-                raise ValueError(
-                    f"score token {token!r} is not a single token after the answer prefix {prefix!r} "
-                    f"for this tokenizer (got ids {full} after prefix ids {prefix_ids}); choose other "
-                    "`score_tokens` or `answer_prefix` in the rubric"
-                )
-            ids.append(full[-1])
-        return torch.tensor(ids, dtype=torch.long)
+        return score_token_ids(self.tokenizer, self.rubric.score_tokens, self.rubric.answer_prefix)
 
     def train(self, mode: bool = True):
         """The backbone always stays in eval mode (no dropout); checkpointed layers are re-flagged (see below)."""
@@ -360,6 +347,28 @@ class ZRewardScorer(nn.Module):
             [texts[(b * num_dims + d) * num_samples : (b * num_dims + d + 1) * num_samples] for d in range(num_dims)]
             for b in range(batch_size)
         ]
+
+
+def score_token_ids(tokenizer, tokens, answer_prefix: str) -> torch.Tensor:
+    """Ids of `tokens` as they appear right after `answer_prefix`; each must be exactly one token there.
+
+    >>> from zreward_diffusers.testing import build_tiny_scorer
+    >>> scorer = build_tiny_scorer("qwen2_vl")
+    >>> score_token_ids(scorer.tokenizer, ["1", "2"], "Score: ").shape
+    torch.Size([2])
+    """
+    prefix_ids = tokenizer.encode(answer_prefix, add_special_tokens=False)
+    ids = []
+    for token in tokens:
+        full = tokenizer.encode(answer_prefix + token, add_special_tokens=False)
+        if len(full) != len(prefix_ids) + 1 or full[: len(prefix_ids)] != prefix_ids:
+            raise ValueError(
+                f"score token {token!r} is not a single token after the answer prefix {answer_prefix!r} "
+                f"for this tokenizer (got ids {full} after prefix ids {prefix_ids}); choose other "
+                "`score_tokens` or `answer_prefix` in the rubric"
+            )
+        ids.append(full[-1])
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def _sequence_fields(encoded) -> dict[str, torch.Tensor]:

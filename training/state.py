@@ -1,0 +1,76 @@
+"""Training state on disk: atomic directory writes and exact resume for every `training/` entry point.
+
+A state directory holds the weights, the optimizer's moments and the torch RNG in safetensors, and the step, the
+optimizer's param groups, the scheduler and free-form metadata in JSON — nothing is pickled. Every loop draws its
+batches as a function of `(seed, step)` (and seeds its sampling the same way), so restoring this state and going
+on gives the same losses as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "training_state.safetensors"
+STATE_META_FILE = "training_state.json"
+
+
+def replace_directory(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory through `write(temporary)`, then swap it in by renames (never a half-written `final`)."""
+    final = Path(final)
+    temporary, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(temporary, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    write(temporary)
+    if final.exists():
+        final.rename(old)
+    temporary.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def has_training_state(directory: Path) -> bool:
+    return (Path(directory) / STATE_FILE).exists() and (Path(directory) / STATE_META_FILE).exists()
+
+
+def save_training_state(directory: Path, model, optimizer, scheduler, step: int, train_seconds: float,
+                        extra: dict | None = None) -> None:
+    """Weights (`model.state_dict()`), AdamW moments, torch RNG in safetensors; the rest in JSON.
+
+    `extra` is JSON-serialisable metadata a loop wants back on resume (e.g. its step losses so far).
+    """
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"model.{name}": value.detach().contiguous() for name, value in model.state_dict().items()}
+    for index, state in optimizer_state["state"].items():
+        tensors.update({f"optimizer.{index}.{key}": value for key, value in state.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = dict(step=step, train_seconds=train_seconds, param_groups=optimizer_state["param_groups"],
+                scheduler=scheduler.state_dict(), extra=extra or {})
+
+    def write(temporary: Path) -> None:
+        save_file(tensors, temporary / STATE_FILE)
+        (temporary / STATE_META_FILE).write_text(json.dumps(meta))
+
+    replace_directory(Path(directory), write)
+
+
+def load_training_state(directory: Path, model, optimizer, scheduler) -> tuple[int, float, dict]:
+    """Restore what `save_training_state` wrote; returns `(step, train_seconds, extra)`."""
+    directory = Path(directory)
+    tensors = load_file(directory / STATE_FILE)
+    meta = json.loads((directory / STATE_META_FILE).read_text())
+    model.load_state_dict({name[6:]: value for name, value in tensors.items() if name.startswith("model.")})
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["step"], meta["train_seconds"], meta.get("extra", {})
