@@ -103,6 +103,14 @@ class BradleyTerryTrainer(ScalarTrainer):
     def index(self, record) -> int:
         return self.train_bank.index[record.record_id]
 
+    def prepare_model(self, model):
+        """The language-model head is not used by a scalar value head: frozen (unless tied to the embeddings)."""
+        model = super().prepare_model(model)
+        head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is not None and head.weight is not embeddings.weight:
+            head.requires_grad_(False)
+        return model
+
     def build_extra_modules(self, model) -> dict[str, torch.nn.Module]:
         hidden = model.config.get_text_config().hidden_size
         head = torch.nn.Linear(hidden, 1)

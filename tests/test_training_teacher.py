@@ -1,0 +1,290 @@
+"""Teacher training (SFT, GDSO) and the baselines (GRPO, Bradley-Terry, RewardDance) on a tiny model, as TRL tests its
+trainers: a few steps, every trainable parameter moves, the training read equals the inference read, the GDSO terms
+equal the objectives recomputed from the scorer, resume equals an uninterrupted run, and 2 processes equal 1."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.gdso import GDSOConfig, GDSOTrainer
+from training.grpo import GRPOConfig
+from training.objectives import gap_loss, gdso_rewards, kl_to_target, soft_target
+from training.scalar_baselines import BradleyTerryTrainer, RewardDanceTrainer, ScalarConfig
+from training.sequences import Row, RowEncoder, forward_rows
+from training.sft import SFTConfig, SFTTrainer
+from zreward_diffusers import ZRewardLoss, ZRewardScorer
+from zreward_diffusers.synthetic import SyntheticWorld
+from zreward_diffusers.testing import build_tiny_scorer, create_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_DATA = dict(train_data={"num_groups": 3, "start": 0}, eval_data={"num_groups": 2, "start": 1000})
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    create_tiny_checkpoint(path, seed=0)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sharp_base(tiny_base, tmp_path_factory) -> str:
+    """The tiny model after a few high-lr steps on the score slot: it puts its mass on score tokens, so sampled
+    scores can be valid."""
+    out = tmp_path_factory.mktemp("sharp")
+    config = SFTConfig(base=tiny_base, output_dir=str(out), reasoning=False, steps=8, lr=1e-2, warmup_steps=0,
+                       batch_size=8, micro_batch_size=8, log_with=None, save_every=100, **SMALL_DATA)
+    SFTTrainer(config).train()
+    return str(out / "model")
+
+
+def parameters(trainer) -> dict[str, torch.Tensor]:
+    named = dict(trainer.unwrapped().named_parameters())
+    for key, module in trainer.extra_modules.items():
+        named.update({f"{key}.{n}": p for n, p in module.named_parameters()})
+    return {name: p.detach().clone() for name, p in named.items() if p.requires_grad}
+
+
+def assert_all_changed(before: dict, trainer) -> None:
+    after = parameters(trainer)
+    assert before and set(before) <= set(after)
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert not unchanged, f"parameters that did not change: {unchanged[:10]}"
+    assert all(torch.isfinite(p).all() for p in after.values())
+
+
+def run_steps(trainer, steps: int) -> list[dict]:
+    logs = []
+    for step in range(steps):
+        logs.append(trainer.training_step(step))
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+    return logs
+
+
+# ------------------------------------------------------------------------------------------------ sequences
+def test_row_encoder_tokenises_as_the_scorer_reads(tiny_base):
+    scorer = build_tiny_scorer("qwen2_vl", seed=0)
+    world = SyntheticWorld(0)
+    items = world.generate(4)
+    images = torch.from_numpy(np.stack([item.image for item in items]))
+    encoder = RowEncoder(scorer.processor, scorer.rubric, images)
+    for n, item in enumerate(items):
+        for dimension, rationale in item.rationales.items():
+            for reasoning in (rationale, None):
+                fields, trained = encoder.encode_row(Row(n, item.prompt, dimension, reasoning))
+                text = scorer.build_text(item.prompt, dimension, reasoning)
+                reference = scorer._encode_text(text, 56, 56)
+                assert fields["input_ids"] == reference["input_ids"][0].tolist()
+                assert fields["mm_token_type_ids"] == reference["mm_token_type_ids"][0].tolist()
+                if reasoning is None:
+                    assert sum(trained) == 0
+                else:  # exactly the reasoning and the suffix are trained
+                    ids = scorer.tokenizer.encode(reasoning + scorer.rubric.reasoning_suffix, add_special_tokens=False)
+                    start = trained.index(1)
+                    assert fields["input_ids"][start:start + sum(trained)] == ids
+
+
+def test_training_read_equals_inference_read():
+    scorer = build_tiny_scorer("qwen2_vl", seed=3)
+    items = SyntheticWorld(1).generate(3)
+    images = torch.from_numpy(np.stack([item.image for item in items]))
+    encoder = RowEncoder(scorer.processor, scorer.rubric, images)
+    reasoning = ["I count two circles.", None, "The sky is blue."]
+    rows = [Row(n, item.prompt, "alignment", reasoning[n]) for n, item in enumerate(items)]
+    out = forward_rows(scorer.model, encoder(rows), encoder.read_token_ids)
+    for n, item in enumerate(items):
+        pixels = images[n:n + 1].permute(0, 3, 1, 2).float() / 255
+        chains = None if reasoning[n] is None else [[reasoning[n]]]
+        reference = scorer(pixels, [item.prompt], ["alignment"], reasoning=chains)
+        torch.testing.assert_close(out.score_log_probs[n].exp(), reference.probs[0, 0], atol=2e-5, rtol=1e-4)
+
+
+def test_row_encoder_rejects_bad_images():
+    scorer = build_tiny_scorer("qwen2_vl")
+    with pytest.raises(ValueError, match="images"):
+        RowEncoder(scorer.processor, scorer.rubric, torch.zeros(2, 3, 56, 56))
+
+
+# ------------------------------------------------------------------------------------------------ trainers
+@pytest.mark.parametrize("reasoning", [True, False])
+def test_sft_trains_every_parameter(tiny_base, tmp_path, reasoning):
+    config = SFTConfig(base=tiny_base, output_dir=str(tmp_path), reasoning=reasoning, batch_size=6,
+                       micro_batch_size=4, lr=1e-3, warmup_steps=0, log_with=None, **SMALL_DATA)
+    trainer = SFTTrainer(config)
+    before = parameters(trainer)
+    logs = run_steps(trainer, 2)
+    assert_all_changed(before, trainer)
+    assert all(np.isfinite(log["kl"]) and log["kl"] > 0 for log in logs)
+    assert ("ce" in logs[0] and logs[0]["ce"] > 0) if reasoning else True
+
+
+def test_sft_lowers_its_loss_on_a_fixed_batch(tiny_base, tmp_path):
+    config = SFTConfig(base=tiny_base, output_dir=str(tmp_path), batch_size=8, micro_batch_size=8, lr=3e-3,
+                       warmup_steps=0, log_with=None, **SMALL_DATA)
+    trainer = SFTTrainer(config)
+    trainer.step_units = lambda step, original=trainer.step_units: original(0)  # the same batch every step
+    logs = run_steps(trainer, 6)
+    assert logs[-1]["loss"] < 0.8 * logs[0]["loss"]
+
+
+def test_gdso_trains_every_parameter_and_logs_its_terms(tiny_base, tmp_path):
+    config = GDSOConfig(base=tiny_base, output_dir=str(tmp_path), groups_per_step=2, num_rollouts=3,
+                        max_new_tokens=6, lr=1e-3, warmup_steps=0, log_with=None, **SMALL_DATA)
+    trainer = GDSOTrainer(config)
+    before = parameters(trainer)
+    logs = run_steps(trainer, 2)
+    assert_all_changed(before, trainer)
+    for key in ("pg", "pointwise", "gap", "reward_mean", "reward_std", "score_token_mass", "reasoning_length",
+                "finished", "dropped"):
+        assert np.isfinite(logs[0][key]), key
+    assert logs[0]["pointwise"] > 0 and logs[0]["gap"] > 0
+
+
+def test_gdso_terms_equal_the_objectives_recomputed_from_the_scorer(tiny_base, tmp_path):
+    config = GDSOConfig(base=tiny_base, output_dir=str(tmp_path), groups_per_step=1, num_rollouts=2,
+                        max_new_tokens=6, log_with=None, **SMALL_DATA)
+    trainer = GDSOTrainer(config)
+    _, records, dimension = trainer.step_units(0)[0]
+    rollout = trainer.rollouts(0, 0, records, dimension)
+    rollout["rows"] = [Row(r.image, r.prompt, r.dimension, f"chain {i % 2} about {r.prompt}")
+                       for i, r in enumerate(rollout["rows"])]
+    rollout["finished"] = torch.ones(len(records), 2, dtype=torch.bool)
+    terms = trainer.unit_terms(0, rollout, None)
+
+    scorer = ZRewardScorer(trainer.unwrapped(), trainer.processor, trainer.rubric)
+    images = trainer.train_bank.images[[r.image for r in rollout["rows"]]].permute(0, 3, 1, 2).float() / 255
+    read = scorer(images, [r.prompt for r in rollout["rows"]], [dimension],
+                  reasoning=[[r.reasoning] for r in rollout["rows"]])
+    expected = read.expected[:, 0].view(len(records), 2)
+    labels = torch.tensor([r.label(dimension) for r in records])
+    targets = torch.stack([soft_target(r, dimension, trainer.levels) for r in records]).repeat_interleave(2, 0)
+    pointwise = kl_to_target(targets, read.probs[:, 0].log()).sum()
+    gap, count = gap_loss(expected, labels)
+    torch.testing.assert_close(terms["pointwise"].detach(), pointwise, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(terms["gap"].detach(), gap, atol=1e-4, rtol=1e-4)
+    assert terms["gap_count"] == count == 2 * len(records) * (len(records) - 1) // 2
+    rewards = gdso_rewards(expected, labels, 4.0)
+    assert terms["logs"]["reward_mean"] == pytest.approx(float(rewards.sum()), abs=1e-4)
+
+
+def test_grpo_trains_every_parameter(sharp_base, tmp_path):
+    config = GRPOConfig(base=sharp_base, output_dir=str(tmp_path), groups_per_step=3, num_rollouts=4,
+                        max_new_tokens=4, lr=1e-3, warmup_steps=0, log_with=None, **SMALL_DATA)
+    trainer = GDSOTrainer(config)
+    assert trainer.name == "grpo"
+    sample = trainer.rollouts
+
+    def finished_rollouts(*args):  # 4 new tokens never close the reasoning; count them as finished
+        rollout = sample(*args)
+        rollout["finished"][:] = True
+        return rollout
+
+    trainer.rollouts = finished_rollouts
+    before = parameters(trainer)
+    logs = run_steps(trainer, 2)
+    assert_all_changed(before, trainer)
+    assert "pointwise" not in logs[0] and np.isfinite(logs[0]["pg"])
+
+
+@pytest.mark.parametrize("trainer_class", [BradleyTerryTrainer, RewardDanceTrainer])
+def test_scalar_baselines_train_every_parameter(tiny_base, tmp_path, trainer_class):
+    config = ScalarConfig(base=tiny_base, output_dir=str(tmp_path), batch_size=6, lr=1e-3, warmup_steps=0,
+                          log_with=None, **SMALL_DATA)
+    trainer = trainer_class(config)
+    before = parameters(trainer)
+    if trainer_class is BradleyTerryTrainer:  # a zero-initialised head gives the backbone no gradient at first
+        run_steps(trainer, 1)
+        before = {k: v for k, v in before.items() if k.startswith("value_head")}
+        assert_all_changed(before, trainer)
+        before = parameters(trainer)
+    logs = run_steps(trainer, 2)
+    assert_all_changed(before, trainer)
+    assert np.isfinite(logs[-1]["loss"])
+    accuracy = trainer.evaluate()
+    assert 0.0 <= accuracy["preference_accuracy"] <= 1.0 and set(accuracy["per_dimension"]) == set(trainer.dimensions)
+
+
+def test_gdso_rejects_bad_settings(tiny_base, tmp_path):
+    with pytest.raises(ValueError, match="objective"):
+        GDSOTrainer(GDSOConfig(base=tiny_base, output_dir=str(tmp_path), objective="ppo", log_with=None))
+    with pytest.raises(ValueError, match="num_rollouts"):
+        GDSOTrainer(GDSOConfig(base=tiny_base, output_dir=str(tmp_path), num_rollouts=1, log_with=None))
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def sft_args(base: str, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["--base", base, "--output_dir", str(out), "--steps", str(steps), "--batch_size", "8",
+            "--micro_batch_size", "4", "--lr", "1e-3", "--warmup_steps", "1", "--save_every", "2",
+            "--log_with", "none", "--eval_num_samples", "1", "--eval_max_new_tokens", "4",
+            "--train_data.num_groups", "3", "--eval_data.num_groups", "2", "--eval_data.start", "1000", *extra]
+
+
+def gdso_args(base: str, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["--base", base, "--output_dir", str(out), "--steps", str(steps), "--groups_per_step", "2",
+            "--num_rollouts", "2", "--max_new_tokens", "6", "--lr", "1e-3", "--warmup_steps", "1", "--save_every",
+            "2", "--log_with", "none", "--eval_num_samples", "1", "--eval_max_new_tokens", "4",
+            "--train_data.num_groups", "3", "--eval_data.num_groups", "2", "--eval_data.start", "1000", *extra]
+
+
+def losses(metrics: dict, key: str = "loss") -> list[float]:
+    return [entry[key] for entry in metrics["history"]]
+
+
+def test_sft_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
+    from training import sft
+
+    full = sft.main(sft_args(tiny_base, tmp_path / "full", 4))
+    sft.main(sft_args(tiny_base, tmp_path / "half", 2))
+    resumed = sft.main(sft_args(tiny_base, tmp_path / "half", 4, "--resume"))
+    np.testing.assert_allclose(losses(resumed), losses(full), rtol=1e-5)
+    a = ZRewardLoss.from_pretrained(tmp_path / "full" / "model").scorer.model.state_dict()
+    b = ZRewardLoss.from_pretrained(tmp_path / "half" / "model").scorer.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_gdso_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
+    from training import gdso
+
+    full = gdso.main(gdso_args(tiny_base, tmp_path / "full", 4))
+    gdso.main(gdso_args(tiny_base, tmp_path / "half", 2))
+    resumed = gdso.main(gdso_args(tiny_base, tmp_path / "half", 4, "--resume"))
+    np.testing.assert_allclose(losses(resumed, "pointwise"), losses(full, "pointwise"), rtol=1e-4)
+    np.testing.assert_allclose(losses(resumed, "reasoning_length"), losses(full, "reasoning_length"))
+
+
+def test_exported_teacher_loads_as_a_reward(tiny_base, tmp_path):
+    from training import sft
+
+    metrics = sft.main(sft_args(tiny_base, tmp_path, 2))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["preference_accuracy"] == pytest.approx(metrics["preference_accuracy"])
+    loss = ZRewardLoss.from_pretrained(tmp_path / "model")
+    out = loss.score(torch.rand(1, 3, 56, 56), ["a red circle"], reasoning=[["I see a circle."] * 4])
+    assert out.probs.shape == (1, 4, 9)
+
+
+def _launch(module: str, args: list[str], processes: int) -> None:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module, *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("module,make_args,key", [("training.sft", sft_args, "loss"),
+                                                   ("training.gdso", gdso_args, "pointwise")])
+def test_two_processes_match_one(tiny_base, tmp_path, module, make_args, key):
+    _launch(module, make_args(tiny_base, tmp_path / "one", 3), 1)
+    _launch(module, make_args(tiny_base, tmp_path / "two", 3), 2)
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    np.testing.assert_allclose(losses(two, key), losses(one, key), rtol=1e-4, atol=1e-6)
+    assert two["preference_accuracy"] == pytest.approx(one["preference_accuracy"], abs=0.02)
