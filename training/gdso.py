@@ -81,6 +81,9 @@ class GDSOConfig(RewardTrainingConfig):
     bt_temperature: float = field(default=0.25, metadata={"help": "T of the gap term's Bradley-Terry"})
     kl_beta: float = field(default=0.0, metadata={"help": "β_KL to the starting model (k3 estimator); 0: off"})
     format_reward: float = field(default=1.0, metadata={"help": "grpo: reward of a well-formed answer"})
+    full_vocabulary: bool = field(default=True, metadata={
+        "help": "pointwise KL against the full-vocabulary next-token distribution (keeps the model writing score "
+                "tokens, as in SFT); false: against the softmax over the K score tokens"})
     target_epsilon: float = field(default=0.1, metadata={"help": "histogram smoothing weight of the soft target"})
     target_sigma: float = field(default=0.5, metadata={"help": "std of the soft target's Gaussian"})
 
@@ -180,7 +183,8 @@ class GDSOTrainer(RewardTrainer):
         terms["pg_tokens"] = float(pg_mask.sum())
         if config.objective == "gdso":
             targets = rollout["targets"].to(device).repeat_interleave(rollouts, dim=0)
-            terms["pointwise"] = kl_to_target(targets, out.score_log_probs).sum()
+            read = out.answer_log_probs[:, read_ids] if config.full_vocabulary else out.score_log_probs
+            terms["pointwise"] = kl_to_target(targets, read).sum()
             terms["gap"], terms["gap_count"] = gap_loss(expected, labels, config.huber_delta, config.bt_weight,
                                                         config.bt_temperature)
         if config.kl_beta > 0:

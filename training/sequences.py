@@ -196,11 +196,20 @@ def sample_reasoning(model, encoder: RowEncoder, rows: list[Row], num_samples: i
         )
         unwrapped.train(was_training)
     new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-    texts = encoder.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    # the stop string may be a special token (`</think>` in Qwen3 tokenizers): look for it in the raw decoding
+    raw = encoder.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+    clean = encoder.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     chains, finished = [], []
-    for text in texts:
-        chains.append(text.split(stop)[0].strip() if stop else text.strip())
-        finished.append((stop is None or stop in text) and bool(chains[-1]))
+    for raw_text, clean_text in zip(raw, clean, strict=True):
+        stopped = stop is not None and stop in raw_text
+        if stopped:
+            before = raw_text.split(stop)[0]
+            chain = encoder.tokenizer.decode(encoder.tokenizer.encode(before, add_special_tokens=False),
+                                             skip_special_tokens=True).strip()
+        else:
+            chain = clean_text.strip()
+        chains.append(chain)
+        finished.append((stop is None or stopped) and bool(chain))
     return ([chains[r * num_samples:(r + 1) * num_samples] for r in range(len(rows))],
             [finished[r * num_samples:(r + 1) * num_samples] for r in range(len(rows))])
 

@@ -4,8 +4,10 @@ Each row is one (image, prompt, dimension) with its written rationale: the ratio
 are trained by token-level cross-entropy (averaged over the global batch's tokens), and the score distribution read
 right after the teacher-forced answer prefix is pulled to the soft target q (DeQA-Score: annotator histogram mixed with
 a mean-preserving Gaussian, or the Gaussian around a single label) by KL(q ‖ p), averaged over rows (DESIGN §4,
-METHOD §2.7 "Pipeline"). With `reasoning: false` the rows carry no rationale and only the KL term trains: a
-no-reasoning model supervised directly on the labels.
+METHOD §2.7 "Pipeline"); by default the KL is taken against the full-vocabulary next-token distribution, which
+adds −log(mass on the K score tokens) and so also teaches the model to write a score token there. With
+`reasoning: false` the rows carry no rationale and only the KL term trains: a no-reasoning model supervised directly
+on the labels.
 
     python -m training.sft --config training/configs/teacher_sft_tiny.yaml
     accelerate launch -m training.sft --config training/configs/teacher_sft_tiny.yaml      # same code, N processes
@@ -36,6 +38,9 @@ class SFTConfig(RewardTrainingConfig):
     micro_batch_size: int = field(default=16, metadata={"help": "rows per forward pass"})
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the rationale cross-entropy"})
     kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(q || p) on the score slot"})
+    full_vocabulary: bool = field(default=True, metadata={
+        "help": "KL against the full-vocabulary next-token distribution (also teaches writing a score token, "
+                "-log of the score-token mass); false: against the softmax over the K score tokens only"})
     target_epsilon: float = field(default=0.1, metadata={"help": "histogram smoothing weight of the soft target"})
     target_sigma: float = field(default=0.5, metadata={"help": "std of the soft target's Gaussian"})
 
@@ -92,7 +97,8 @@ class SFTTrainer(RewardTrainer):
                 out = forward_rows(self.model, batch, read_ids)
                 ce = -out.token_log_probs.sum()
                 targets = torch.stack([self.target(*units[i]) for i in chunk]).to(self.device)
-                kl = kl_to_target(targets, out.score_log_probs).sum()
+                read = out.answer_log_probs[:, read_ids] if config.full_vocabulary else out.score_log_probs
+                kl = kl_to_target(targets, read).sum()
                 loss = config.kl_weight * kl / num_rows
                 if self.reasoning and num_tokens > 0:
                     loss = loss + config.ce_weight * ce / num_tokens
