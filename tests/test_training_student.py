@@ -1,0 +1,184 @@
+"""The RISD student and the OPD baseline on tiny models: the teacher cache (hit, miss, resume, fingerprint), the RISD
+loss against values recomputed from the scorer, every parameter moving, and export → load → the same scores."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import training.teacher_cache as teacher_cache
+from training.data import load_split
+from training.objectives import huber, kl_to_target, soft_target
+from training.opd import OPDConfig, OPDTrainer
+from training.risd import RISDConfig, RISDTrainer
+from training.sequences import Row, forward_rows
+from training.teacher_cache import (
+    CacheSettings,
+    TeacherCache,
+    average_chains,
+    build_teacher_cache,
+    teacher_fingerprint,
+)
+from training.trainer import load_base
+from zreward_diffusers import ZRewardLoss
+from zreward_diffusers.testing import create_tiny_checkpoint
+
+DATA = dict(train_data={"num_groups": 2, "start": 0}, eval_data={"num_groups": 2, "start": 1000})
+SETTINGS = CacheSettings(num_samples=2, max_new_tokens=5, chunk_size=3, seed=0)
+DIMENSIONS = ("alignment", "realism")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    create_tiny_checkpoint(root / "teacher", seed=0)
+    create_tiny_checkpoint(root / "student", seed=1)
+    return str(root / "teacher"), str(root / "student")
+
+
+def build(teacher_dir, cache_dir, settings=SETTINGS, num_groups=2):
+    model, processor, rubric = load_base(teacher_dir)
+    dataset = load_split({"num_groups": num_groups})
+    cache = TeacherCache(cache_dir, teacher_fingerprint(teacher_dir, settings), settings)
+    return build_teacher_cache(model, processor, rubric, dataset, DIMENSIONS, cache, progress=False), cache
+
+
+# ------------------------------------------------------------------------------------------------ the cache
+def test_cache_miss_then_hit(models, tmp_path, monkeypatch):
+    entries, cache = build(models[0], tmp_path)
+    assert len(entries) == 8 * len(DIMENSIONS)
+    for entry in entries.values():
+        probs = np.array(entry["probs"])
+        assert probs.shape == (2, 9) and len(entry["chains"]) == 2
+        np.testing.assert_allclose(entry["mean"], average_chains(probs, entry["finished"]), atol=1e-7)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a cache hit must not sample the teacher")
+
+    monkeypatch.setattr(teacher_cache, "sample_reasoning", no_sampling)
+    again, _ = build(models[0], tmp_path)
+    assert again == entries
+    monkeypatch.undo()
+    more, _ = build(models[0], tmp_path, num_groups=3)  # a miss: only the new group's inputs are sampled
+    assert len(more) == 12 * len(DIMENSIONS) and all(more[key] == value for key, value in entries.items())
+
+
+def test_interrupted_cache_resumes_to_the_same_result(models, tmp_path, monkeypatch):
+    full, _ = build(models[0], tmp_path / "full")
+    calls = {"n": 0}
+    original = teacher_cache.sample_reasoning
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_cache, "sample_reasoning", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build(models[0], tmp_path / "resumed")
+    monkeypatch.undo()
+    partial = TeacherCache(tmp_path / "resumed", teacher_fingerprint(models[0], SETTINGS), SETTINGS).load()
+    assert 0 < len(partial) < len(full)
+    with open(tmp_path / "resumed" / teacher_fingerprint(models[0], SETTINGS) / "entries.jsonl", "a") as file:
+        file.write('{"key": "torn')  # a write cut short
+    resumed, _ = build(models[0], tmp_path / "resumed")
+    assert resumed == full
+
+
+def test_fingerprint_follows_the_teacher_and_the_settings(models, tmp_path):
+    teacher, student = models
+    base = teacher_fingerprint(teacher, SETTINGS)
+    assert base == teacher_fingerprint(teacher, SETTINGS)
+    assert base != teacher_fingerprint(student, SETTINGS)
+    assert base != teacher_fingerprint(teacher, CacheSettings(num_samples=3, max_new_tokens=5, chunk_size=3))
+    with pytest.raises(ValueError, match="safetensors"):
+        teacher_fingerprint(tmp_path, SETTINGS)
+
+
+# ------------------------------------------------------------------------------------------------ RISD
+def risd_config(models, tmp_path, **changes):
+    teacher, student = models
+    config = dict(base=student, teacher=teacher, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
+                  num_samples=2, teacher_max_new_tokens=5, cache_chunk_size=4, groups_per_step=2,
+                  dimensions=list(DIMENSIONS), lr=1e-3, warmup_steps=0, log_with=None, save_every=100,
+                  steps=2, **DATA)
+    config.update(changes)
+    return RISDConfig(**config)
+
+
+def test_risd_loss_equals_the_hand_computed_terms(models, tmp_path):
+    trainer = RISDTrainer(risd_config(models, tmp_path, full_vocabulary=False))
+    records, dimension = trainer.step_units(0)[0]
+    trainer.step_units = lambda step: [(records, dimension)]
+    logs = trainer.training_step(0)
+    model = trainer.unwrapped()
+    rows = [Row(trainer.train_bank.index[r.record_id], r.prompt, dimension) for r in records]
+    with torch.no_grad():
+        out = forward_rows(model, trainer.encoder(rows), trainer.encoder.read_token_ids)
+    p = out.score_log_probs
+    q = torch.stack([trainer.targets[r.record_id, dimension] for r in records])
+    mu_s, mu_t = (p.exp() * trainer.levels).sum(-1), (q * trainer.levels).sum(-1)
+    distill = kl_to_target(q, p).mean()
+    i, j = torch.triu_indices(len(records), len(records), offset=1)
+    gap = huber((mu_s[i] - mu_s[j]) - (mu_t[i] - mu_t[j]), 0.5).mean()
+    human = kl_to_target(torch.stack([soft_target(r, dimension, trainer.levels) for r in records]), p).mean()
+    assert logs["distill"] == pytest.approx(float(distill), rel=1e-4)
+    assert logs["gap"] == pytest.approx(float(gap), rel=1e-4)
+    assert logs["human"] == pytest.approx(float(human), rel=1e-4)
+    assert logs["loss"] == pytest.approx(float(distill + 0.5 * gap + 0.1 * human), rel=1e-4)
+
+
+def test_risd_trains_every_parameter_and_exports_the_same_scores(models, tmp_path):
+    trainer = RISDTrainer(risd_config(models, tmp_path))
+    before = {n: p.detach().clone() for n, p in trainer.unwrapped().named_parameters()}
+    metrics = trainer.train()
+    after = dict(trainer.unwrapped().named_parameters())
+    assert [n for n in before if torch.equal(before[n], after[n])] == []
+    assert 0 <= metrics["preference_accuracy"] <= 1
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert len(saved["history"]) == 2 and {"distill", "gap", "human"} <= set(saved["history"][0])
+
+    loss = ZRewardLoss.from_pretrained(tmp_path / "out" / "model")
+    assert loss.dimensions == DIMENSIONS
+    records = trainer.eval_set.records[:3]
+    images = trainer.eval_bank.images[:3].permute(0, 3, 1, 2).float() / 255
+    loaded = loss.scorer(images, [r.prompt for r in records], list(DIMENSIONS))
+    rows = [Row(n, r.prompt, d) for n, r in enumerate(records) for d in DIMENSIONS]
+    with torch.no_grad():
+        out = forward_rows(trainer.unwrapped(), trainer.eval_encoder(rows), trainer.eval_encoder.read_token_ids)
+    torch.testing.assert_close(loaded.probs.reshape(-1, 9), out.score_log_probs.exp(), atol=2e-5, rtol=1e-4)
+
+
+def test_risd_rejects_bad_settings(models, tmp_path):
+    with pytest.raises(ValueError, match="num_samples"):
+        RISDTrainer(risd_config(models, tmp_path, num_samples=0))
+    with pytest.raises(ValueError, match="temperature"):
+        RISDTrainer(risd_config(models, tmp_path, temperature=0.0))
+
+
+# ------------------------------------------------------------------------------------------------ OPD
+@pytest.mark.parametrize("estimator", ["sampled", "exact"])
+def test_opd_trains_every_parameter(models, tmp_path, estimator):
+    teacher, student = models
+    config = OPDConfig(base=student, teacher=teacher, output_dir=str(tmp_path), estimator=estimator, batch_size=6,
+                       num_samples=4, dimensions=list(DIMENSIONS), lr=1e-3, warmup_steps=0, log_with=None, **DATA)
+    trainer = OPDTrainer(config)
+    before = {n: p.detach().clone() for n, p in trainer.unwrapped().named_parameters()}
+    logs = [trainer.training_step(step) for step in range(1)]
+    trainer.optimizer.step()
+    after = dict(trainer.unwrapped().named_parameters())
+    assert [n for n in before if torch.equal(before[n], after[n])] == []
+    assert logs[0]["reverse_kl"] > 0
+
+
+def test_opd_exact_loss_is_the_reverse_kl(models, tmp_path):
+    teacher, student = models
+    config = OPDConfig(base=student, teacher=teacher, output_dir=str(tmp_path), estimator="exact", batch_size=4,
+                       dimensions=list(DIMENSIONS), log_with=None, **DATA)
+    trainer = OPDTrainer(config)
+    logs = trainer.training_step(0)
+    assert logs["loss"] == pytest.approx(logs["reverse_kl"]) and logs["reverse_kl"] > 0
+    with pytest.raises(ValueError, match="estimator"):
+        OPDTrainer(OPDConfig(base=student, teacher=teacher, output_dir=str(tmp_path), estimator="mc", log_with=None))

@@ -1,0 +1,176 @@
+"""Student RISD — Reasoning-Internalized Score Distillation (DESIGN §4, METHOD §3).
+
+The teacher samples M reasoning chains per input; the target is the average of the distributions it reads after each,
+q̄(k|x) = (1/M) Σ_m p_T(k|x, r_m) (eq. 12), cached on disk once (`training.teacher_cache`). The student reads
+p_S(k|x) with no reasoning, in one forward pass, and minimises (eq. 13)
+
+    KL(q̄ ‖ p_S) + λ_g · Huber_δ((μ_S^a − μ_S^b) − (μ̄_T^a − μ̄_T^b)) + λ_h · 1[labelled] · KL(q_human ‖ p_S),
+
+the gap term over the pairs of each prompt group. Forward KL keeps the teacher's mean and total variance (the law of
+total variance over chains): that is the internalisation. An optional temperature τ distils q̄^{1/τ} into p_S^{1/τ}
+with the τ² factor (Hinton); the default τ = 1 keeps the distribution calibrated.
+
+    python -m training.risd --config training/configs/student_risd_tiny.yaml
+    accelerate launch -m training.risd --config training/configs/student_risd_tiny.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import parse_args
+from .data import step_rng
+from .objectives import huber, kl_to_target, soft_target
+from .sequences import Row, forward_rows
+from .teacher_cache import CacheSettings, TeacherCache, build_teacher_cache, input_key, teacher_fingerprint
+from .trainer import RewardTrainer, RewardTrainingConfig, load_base
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RISDConfig(RewardTrainingConfig):
+    base: str = field(default="runs/base/student", metadata={"help": "the student's starting backbone"})
+    teacher: str = field(default="runs/teacher/gdso/model", metadata={"help": "the teacher: a Z-Reward checkpoint"})
+    output_dir: str = field(default="runs/student_risd", metadata={"help": "checkpoints, final model, metrics"})
+    cache_dir: str = field(default="runs/teacher_cache", metadata={"help": "where teacher caches are kept"})
+    num_samples: int = field(default=8, metadata={"help": "M: teacher chains per input"})
+    teacher_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the teacher"})
+    teacher_max_new_tokens: int = field(default=96, metadata={"help": "teacher reasoning length limit"})
+    cache_chunk_size: int = field(default=32, metadata={"help": "inputs per teacher generation call"})
+    groups_per_step: int = field(default=8, metadata={"help": "(prompt group, dimension) units per step (global)"})
+    gap_weight: float = field(default=0.5, metadata={"help": "λ_g of the gap term (0: off)"})
+    human_weight: float = field(default=0.1, metadata={"help": "λ_h of the human-label term (0: off)"})
+    huber_delta: float = field(default=0.5, metadata={"help": "δ of the gap term"})
+    temperature: float = field(default=1.0, metadata={"help": "distillation temperature τ"})
+    full_vocabulary: bool = field(default=True, metadata={
+        "help": "KL terms against the full-vocabulary next-token distribution (also keeps the mass on the score "
+                "tokens); false: against the softmax over the K score tokens"})
+    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+
+
+class RISDTrainer(RewardTrainer):
+    name = "risd"
+    reasoning = False
+    config_class = RISDConfig
+
+    def __init__(self, config: RISDConfig):
+        if config.num_samples < 1:
+            raise ValueError(f"`num_samples` must be at least 1, got {config.num_samples}")
+        if config.temperature <= 0:
+            raise ValueError(f"`temperature` must be positive, got {config.temperature}")
+        super().__init__(config)
+        self.targets = self.teacher_targets()
+        groups = [records for records in self.train_set.groups().values() if len(records) >= 2]
+        self.units = [(records, d) for records in groups for d in self.dimensions]
+        if not self.units:
+            raise ValueError("RISD needs prompt groups of at least 2 images")
+
+    def teacher_targets(self) -> dict[tuple[str, str], torch.Tensor]:
+        """q̄ of every training (record, dimension), from the cache (built here when missing)."""
+        config = self.config
+        settings = CacheSettings(config.num_samples, config.teacher_temperature, 1.0, config.teacher_max_new_tokens,
+                                 config.cache_chunk_size, config.seed)
+        cache = TeacherCache(config.cache_dir, teacher_fingerprint(config.teacher, settings), settings)
+        teacher, processor, rubric = load_base(config.teacher, config.trust_remote_code)
+        if rubric.levels != self.rubric.levels:
+            raise ValueError(f"teacher levels {rubric.levels} differ from the student's {self.rubric.levels}")
+        teacher.to(self.device)
+        build_teacher_cache(teacher, processor, rubric, self.train_set, self.dimensions, cache, self.device,
+                            progress=self.accelerator.is_local_main_process, rank=self.rank,
+                            world_size=self.world_size)
+        del teacher
+        self.accelerator.wait_for_everyone()
+        entries = cache.load()
+        self.cache_directory = cache.directory
+        targets = {}
+        for n, record in enumerate(self.train_set.records):
+            for dimension in self.dimensions:
+                entry = entries[input_key(self.train_bank.images[n], record.prompt, dimension)]
+                mean = torch.tensor(entry["mean"], dtype=torch.float32)
+                targets[record.record_id, dimension] = mean / mean.sum()
+        return targets
+
+    def step_units(self, step: int):
+        rng = step_rng(self.config.seed, step)
+        size = self.config.groups_per_step
+        chosen = rng.choice(len(self.units), size=size, replace=len(self.units) < size).tolist()
+        return [self.units[i] for i in chosen][self.rank::self.world_size]
+
+    def distill_kl(self, target: torch.Tensor, out) -> torch.Tensor:
+        """KL(q̄ ‖ p_S) per row, at temperature τ (× τ²)."""
+        tau = self.config.temperature
+        read_ids = self.encoder.read_token_ids.to(self.device)
+        log_probs = out.answer_log_probs[:, read_ids] if self.config.full_vocabulary else out.score_log_probs
+        if tau == 1.0:
+            return kl_to_target(target, log_probs)
+        soft_target_tau = torch.softmax(target.clamp_min(1e-12).log() / tau, dim=-1)
+        return kl_to_target(soft_target_tau, torch.log_softmax(out.score_log_probs / tau, dim=-1)) * tau**2
+
+    def training_step(self, step: int) -> dict[str, float]:
+        config, device = self.config, self.device
+        units = self.step_units(step)
+        rows, targets, humans, spans = [], [], [], []
+        for records, dimension in units:
+            spans.append((len(rows), len(records)))
+            for record in records:
+                rows.append(Row(self.train_bank.index[record.record_id], record.prompt, dimension))
+                targets.append(self.targets[record.record_id, dimension])
+                labelled = dimension in record.histograms or record.label(dimension) is not None
+                humans.append(soft_target(record, dimension, self.levels) if labelled else None)
+        num_pairs_local = sum(n * (n - 1) // 2 for _, n in spans)
+        counts = torch.tensor([len(rows), num_pairs_local, sum(h is not None for h in humans)], dtype=torch.float64,
+                              device=device)
+        if self.world_size > 1:
+            counts = self.accelerator.reduce(counts, "sum")
+        num_rows, num_pairs, num_labelled = (max(float(c), 1.0) for c in counts)
+        out = forward_rows(self.model, self.to_device(self.encoder(rows)), self.encoder.read_token_ids.to(device))
+        target = torch.stack(targets).to(device)
+        levels = self.levels.to(device)
+        distill = self.distill_kl(target, out).sum()
+        student_mu = (out.score_log_probs.exp() * levels).sum(-1)
+        teacher_mu = (target * levels).sum(-1)
+        gap = torch.zeros((), device=device)
+        for start, n in spans:
+            first, second = torch.triu_indices(n, n, offset=1, device=device) + start
+            gap = gap + huber((student_mu[first] - student_mu[second]) - (teacher_mu[first] - teacher_mu[second]),
+                              config.huber_delta).sum()
+        human = torch.zeros((), device=device)
+        labelled = [i for i, h in enumerate(humans) if h is not None]
+        if labelled and config.human_weight:
+            read = out.answer_log_probs[:, self.encoder.read_token_ids.to(device)] if config.full_vocabulary \
+                else out.score_log_probs
+            human = kl_to_target(torch.stack([humans[i] for i in labelled]).to(device), read[labelled]).sum()
+        loss = distill / num_rows + config.gap_weight * gap / num_pairs + config.human_weight * human / num_labelled
+        self.accelerator.backward(loss * self.world_size)
+        with torch.no_grad():
+            sums = {"distill": float(distill), "gap": float(gap), "human": float(human),
+                    "mean_abs_gap_to_teacher": float((student_mu - teacher_mu).abs().sum()),
+                    "score_token_mass": float(out.answer_log_probs[:, self.encoder.read_token_ids.to(device)]
+                                              .logsumexp(-1).exp().sum())}
+        logs = self.reduce_logs(sums, {"distill": len(rows), "gap": num_pairs_local, "human": max(len(labelled), 0),
+                                       "mean_abs_gap_to_teacher": len(rows), "score_token_mass": len(rows)})
+        logs["loss"] = float(loss.detach())
+        return logs
+
+    def teacher_probs(self, dataset=None) -> np.ndarray:
+        """The cached q̄ of the training inputs `(N, D, K)` (for agreement metrics)."""
+        dataset = self.train_set if dataset is None else dataset
+        return np.stack([[self.targets[r.record_id, d].numpy() for d in self.dimensions] for r in dataset.records])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = parse_args(RISDConfig, argv)
+    metrics = RISDTrainer(config).train()
+    logger.info("risd: held-out preference accuracy %.4f in %.0f s", metrics["preference_accuracy"],
+                metrics["train_seconds"])
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
