@@ -140,6 +140,8 @@ def test_risd_trains_every_parameter_and_exports_the_same_scores(models, tmp_pat
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert len(saved["history"]) == 2 and {"distill", "gap", "human"} <= set(saved["history"][0])
 
+    card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert "student (RISD)" in card and f"{metrics['preference_accuracy']:.3f}" in card and "realism" in card
     loss = ZRewardLoss.from_pretrained(tmp_path / "out" / "model")
     assert loss.dimensions == DIMENSIONS
     records = trainer.eval_set.records[:3]

@@ -26,7 +26,14 @@ from .config import parse_args
 from .data import step_rng
 from .objectives import huber, kl_to_target, soft_target
 from .sequences import Row, forward_rows
-from .teacher_cache import CacheSettings, TeacherCache, build_teacher_cache, input_key, teacher_fingerprint
+from .teacher_cache import (
+    CacheSettings,
+    TeacherCache,
+    average_chains,
+    build_teacher_cache,
+    input_key,
+    teacher_fingerprint,
+)
 from .trainer import RewardTrainer, RewardTrainingConfig, load_base
 
 logger = logging.getLogger(__name__)
@@ -38,9 +45,13 @@ class RISDConfig(RewardTrainingConfig):
     teacher: str = field(default="runs/teacher/gdso/model", metadata={"help": "the teacher: a Z-Reward checkpoint"})
     output_dir: str = field(default="runs/student_risd", metadata={"help": "checkpoints, final model, metrics"})
     cache_dir: str = field(default="runs/teacher_cache", metadata={"help": "where teacher caches are kept"})
-    num_samples: int = field(default=8, metadata={"help": "M: teacher chains per input"})
+    num_samples: int = field(default=8, metadata={"help": "M: teacher chains per input (sampled into the cache)"})
+    target_samples: int | None = field(default=None, metadata={
+        "help": "average only the first m ≤ M cached chains (the M ablation without resampling); none: all M"})
     teacher_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the teacher"})
     teacher_max_new_tokens: int = field(default=96, metadata={"help": "teacher reasoning length limit"})
+    cache_seed: int = field(default=0, metadata={"help": "seed of the teacher's sampling (students of any seed "
+                                                         "share one cache)"})
     cache_chunk_size: int = field(default=32, metadata={"help": "inputs per teacher generation call"})
     groups_per_step: int = field(default=8, metadata={"help": "(prompt group, dimension) units per step (global)"})
     gap_weight: float = field(default=0.5, metadata={"help": "λ_g of the gap term (0: off)"})
@@ -61,6 +72,9 @@ class RISDTrainer(RewardTrainer):
     def __init__(self, config: RISDConfig):
         if config.num_samples < 1:
             raise ValueError(f"`num_samples` must be at least 1, got {config.num_samples}")
+        if config.target_samples is not None and not 1 <= config.target_samples <= config.num_samples:
+            raise ValueError(f"`target_samples` must lie in [1, num_samples={config.num_samples}], "
+                             f"got {config.target_samples}")
         if config.temperature <= 0:
             raise ValueError(f"`temperature` must be positive, got {config.temperature}")
         super().__init__(config)
@@ -74,7 +88,7 @@ class RISDTrainer(RewardTrainer):
         """q̄ of every training (record, dimension), from the cache (built here when missing)."""
         config = self.config
         settings = CacheSettings(config.num_samples, config.teacher_temperature, 1.0, config.teacher_max_new_tokens,
-                                 config.cache_chunk_size, config.seed)
+                                 config.cache_chunk_size, config.cache_seed)
         cache = TeacherCache(config.cache_dir, teacher_fingerprint(config.teacher, settings), settings)
         teacher, processor, rubric = load_base(config.teacher, config.trust_remote_code)
         if rubric.levels != self.rubric.levels:
@@ -91,7 +105,12 @@ class RISDTrainer(RewardTrainer):
         for n, record in enumerate(self.train_set.records):
             for dimension in self.dimensions:
                 entry = entries[input_key(self.train_bank.images[n], record.prompt, dimension)]
-                mean = torch.tensor(entry["mean"], dtype=torch.float32)
+                if config.target_samples is None:
+                    mean = torch.tensor(entry["mean"], dtype=torch.float32)
+                else:
+                    m = config.target_samples
+                    mean = torch.tensor(average_chains(np.array(entry["probs"][:m]), entry["finished"][:m]),
+                                        dtype=torch.float32)
                 targets[record.record_id, dimension] = mean / mean.sum()
         return targets
 

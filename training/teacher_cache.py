@@ -8,8 +8,9 @@ key hashes its image pixels, prompt and dimension (the same image and prompt hit
 
 Inputs are processed in fixed chunks of the ordered input list, each sampled with a seed of its own; a chunk is
 appended (and flushed to disk) whole, so an interrupted build resumes at the first missing chunk and ends with the
-same cache as an uninterrupted one. Cached entries are never resampled (a grown dataset samples only its new inputs). Malformed chains (reasoning never closed) are left out of q̄ when at least one
-chain of the input is well formed.
+same cache as an uninterrupted one. Cached entries are never resampled (a grown dataset samples only its new
+inputs). Malformed chains (reasoning never closed) are left out of q̄ when at least one chain of the input is well
+formed.
 """
 
 from __future__ import annotations

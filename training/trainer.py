@@ -34,6 +34,7 @@ from zreward_diffusers.metrics import pairwise_accuracy_from_pairs
 from zreward_diffusers.rubric import Rubric
 
 from .data import DataSpec, ImageBank, load_split
+from .model_card import model_card, write_model_card
 from .sequences import Row, RowEncoder, forward_rows, sample_reasoning
 from .state import has_training_state, load_training_state, save_training_state
 
@@ -315,10 +316,15 @@ class RewardTrainer:
         self.accelerator.wait_for_everyone()
 
     def save_final(self, metrics: dict) -> None:
-        """The trained model as a Z-Reward checkpoint (`<output_dir>/model`) and `<output_dir>/metrics.json`."""
+        """The trained model as a Z-Reward checkpoint with its model card (`<output_dir>/model`, README.md inside)
+        and `<output_dir>/metrics.json`."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.export(self.output_dir / "model")
+            card = model_card(self.name, self.rubric, self.dimensions, self.config.base,
+                              self.train_set.description or "user data", metrics,
+                              teacher=getattr(self.config, "teacher", None))
+            write_model_card(self.output_dir / "model", card)
             path = self.output_dir / METRICS_FILE
             path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
             path.with_suffix(".tmp").replace(path)

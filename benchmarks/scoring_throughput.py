@@ -1,0 +1,76 @@
+"""Scoring throughput: the student (one forward pass, no reasoning) against the teacher (sample a reasoning chain per
+dimension, then read), at equal backbone size (the teacher's backbone read both ways) and at the tiny teacher/student
+sizes, in one run on one machine. Reports images per second (all rubric dimensions) and the ratios.
+
+    python benchmarks/scoring_throughput.py --teacher runs/teacher/gdso/model --student runs/student_risd/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from zreward_diffusers import ZRewardLoss
+from zreward_diffusers.synthetic import SyntheticWorld
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="runs/teacher/gdso/model")
+    parser.add_argument("--student", default="runs/student_risd/model")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    items = SyntheticWorld(0).generate(args.batch_size)
+    images = torch.stack([torch.from_numpy(item.image).permute(2, 0, 1) for item in items]).float() / 255
+    prompts = [item.prompt for item in items]
+    teacher = ZRewardLoss.from_pretrained(args.teacher).scorer
+    student = ZRewardLoss.from_pretrained(args.student).scorer
+
+    def read(scorer):
+        def run():
+            with torch.no_grad():
+                scorer(images, prompts)
+        return run
+
+    def reason_then_read(scorer):
+        def run():
+            with torch.no_grad():
+                chains = scorer.generate_reasoning(images, prompts, num_samples=1,
+                                                   max_new_tokens=args.max_new_tokens)
+                scorer(images, prompts, reasoning=[[c[0] for c in per_dim] for per_dim in chains])
+        return run
+
+    rows = {
+        "teacher: reason, then read": timed(reason_then_read(teacher), args.repeats),
+        "teacher backbone read as a student (one forward)": timed(read(teacher), args.repeats),
+        "student: one forward": timed(read(student), args.repeats),
+    }
+    sizes = {"teacher": sum(p.numel() for p in teacher.model.parameters()),
+             "student": sum(p.numel() for p in student.model.parameters())}
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; batch "
+          f"{args.batch_size} images x {len(teacher.rubric.dimension_names)} dimensions; teacher {sizes['teacher']:,} "
+          f"params, student {sizes['student']:,} params; max_new_tokens {args.max_new_tokens}\n")
+    print("| scoring | s / batch | images / s |\n|---|---:|---:|")
+    for name, seconds in rows.items():
+        print(f"| {name} | {seconds:.3f} | {args.batch_size / seconds:.1f} |")
+    base = rows["teacher: reason, then read"]
+    print(f"\nequal backbone: one forward is {base / rows['teacher backbone read as a student (one forward)']:.1f}x "
+          f"faster than reason-then-read; tiny student vs tiny teacher: {base / rows['student: one forward']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

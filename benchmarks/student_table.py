@@ -1,0 +1,82 @@
+"""The student table in miniature: held-out preference accuracy of the RISD student against its teacher and the OPD
+baseline (same student backbone, data and budget), over seeds, plus the RISD ablations (M ∈ {1, 4, 8}; without the
+gap term). The teacher cache is built once (M = 8) and shared: M = 1 and M = 4 average its first chains.
+
+    python benchmarks/student_table.py --teacher runs/teacher/gdso/model --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import load_config  # noqa: E402
+from training.opd import OPDConfig, OPDTrainer  # noqa: E402
+from training.risd import RISDConfig, RISDTrainer  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+VARIANTS = {
+    "risd": ("RISD (M = 8, gap term)", {}),
+    "opd": ("OPD baseline", None),
+    "risd_m1": ("RISD, M = 1", {"target_samples": 1}),
+    "risd_m4": ("RISD, M = 4", {"target_samples": 4}),
+    "risd_no_gap": ("RISD without the gap term", {"gap_weight": 0.0}),
+}
+
+
+def run(trainer_class, config) -> dict:
+    path = Path(config.output_dir) / "metrics.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    config.resume = True
+    return trainer_class(config).train()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="runs/teacher/gdso/model")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ablation_seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--out", default="runs/benchmarks/student_table")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    teacher_metrics = json.loads((Path(args.teacher).parent / "metrics.json").read_text())
+    results = {name: [] for name in VARIANTS}
+    for name, (_, changes) in VARIANTS.items():
+        seeds = args.seeds if name in ("risd", "opd") else args.ablation_seeds
+        for seed in seeds:
+            overrides = {"teacher": args.teacher, "seed": seed, "steps": args.steps, "log_with": None,
+                         "output_dir": f"{args.out}/{name}/seed{seed}"}
+            if changes is None:
+                metrics = run(OPDTrainer, load_config(OPDConfig, CONFIGS / "student_opd_tiny.yaml", overrides))
+            else:  # every student seed distils the same teacher cache (its own `cache_seed`)
+                config = load_config(RISDConfig, CONFIGS / "student_risd_tiny.yaml", dict(overrides, **changes))
+                metrics = run(RISDTrainer, config)
+            results[name].append(metrics["preference_accuracy"])
+    teacher = teacher_metrics["preference_accuracy"]
+    lines = [f"Teacher (GDSO, `{args.teacher}`): {teacher:.3f}", "",
+             "| model | held-out preference accuracy (mean ± std) | per seed | vs teacher |", "|---|---:|---|---:|"]
+    for name, (label, _) in VARIANTS.items():
+        values = np.array(results[name])
+        std = values.std(ddof=1) if len(values) > 1 else 0.0
+        lines.append(f"| {label} | {values.mean():.3f} ± {std:.3f} | {', '.join(f'{v:.3f}' for v in values)} | "
+                     f"{100 * (values.mean() - teacher):+.1f} pts |")
+    print("\n".join(lines))
+    print(f"\nin {time.perf_counter() - started:.0f} s")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "table.json").write_text(json.dumps({"args": vars(args), "teacher": teacher,
+                                                           "accuracy": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
