@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sft_steps", type=int, default=400)
-    parser.add_argument("--rl_steps", type=int, default=60)
+    parser.add_argument("--rl_steps", type=int, default=100)
     parser.add_argument("--train_groups", type=int, default=2048)
     parser.add_argument("--eval_groups", type=int, default=64)
     parser.add_argument("--out", default="runs/benchmarks/teacher_table")
