@@ -74,7 +74,18 @@ def _vae(latent_channels: int = 4, seed: int = 0, **extra):
 
 
 def build_tiny_pipeline(family: str, seed: int = 0, prediction_type: str = "epsilon"):
-    """A tiny pipeline of `family` (`sd15`, `sdxl`, `sd3`, `flux`); `prediction_type` for the UNet families."""
+    """A tiny pipeline of `family` (`sd15`, `sdxl`, `sd3`, `flux`); `prediction_type` for the UNet families.
+
+    Its modules are in eval mode, as `from_pretrained` leaves them (T5's dropout would otherwise make prompt
+    encoding random)."""
+    pipe = _build(family, seed, prediction_type)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def _build(family: str, seed: int, prediction_type: str):
     from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
     if family not in FAMILIES:

@@ -133,9 +133,17 @@ class ZRewardLoss(nn.Module):
 
     def reward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The shaped reward R `(B,)` of float images, differentiable with respect to `images`."""
+        return self.reward_with_scores(images, prompts)[0]
+
+    def reward_with_scores(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, ScoreOutput]:
+        """`(R, score output)` from one forward pass: the shaped reward `(B,)` and the distributions behind it
+        (for logging μ and σ of every dimension without scoring twice)."""
         unit = image_tensor_to_unit_range(images, self.image_range)
         output = self.scorer(unit, prompts, dimensions=self.dimensions)
-        index = torch.tensor([self.rubric.dimension_index(d) for d in self.dimensions], device=unit.device)
+        return self._shape(output), output
+
+    def _shape(self, output: ScoreOutput) -> torch.Tensor:
+        index = torch.tensor([self.rubric.dimension_index(d) for d in self.dimensions], device=output.expected.device)
         weights = self.scorer.dimension_weights[index]
         weights = weights / weights.sum()
         levels = self.scorer.levels
@@ -152,7 +160,10 @@ class ZRewardLoss(nn.Module):
 
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Loss of float images `(B, 3, H, W)` in `image_range`: −R, or ReLU(margin − R); reduced."""
-        reward = self.reward(images, prompts)
+        return self.loss_from_reward(self.reward(images, prompts))
+
+    def loss_from_reward(self, reward: torch.Tensor) -> torch.Tensor:
+        """−R, or ReLU(margin − R), reduced as configured."""
         loss = -reward if self.margin is None else torch.relu(self.margin - reward)
         if self.reduction == "mean":
             return loss.mean()
