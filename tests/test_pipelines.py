@@ -139,3 +139,56 @@ def test_reward_finetune_runs_saves_and_resumes(tmp_path):
     pipe = build_tiny_pipeline("sd15")
     pipe.load_lora_weights(str(tmp_path / "full" / "lora"))
     assert any("lora" in n for n, _ in pipe.unet.named_parameters())
+
+
+# ------------------------------------------------------------------------------------------------ judging, rewards
+def test_best_of_n_keeps_the_highest_reward(reward):
+    from pipelines.judging import best_of_n, generate, reward_scores
+
+    pipe = build_tiny_pipeline("sd15")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, height=32, width=32)
+    images, scores = best_of_n(pipe, reward, PROMPTS, n=3, seed=0, **kwargs)
+    assert images.shape == (2, 3, 32, 32) and scores.shape == (2,)
+    for p, prompt in enumerate(PROMPTS):
+        candidates = generate(pipe, [prompt] * 3, [p * 3 + i for i in range(3)], **kwargs)
+        values = reward_scores(reward, candidates, [prompt] * 3)
+        assert scores[p] == pytest.approx(values.max(), abs=1e-6)
+        torch.testing.assert_close(images[p], candidates[int(values.argmax())])
+    cautious = reward_scores(reward, images, PROMPTS, kappa=1.0)
+    assert (cautious < reward_scores(reward, images, PROMPTS)).all()  # μ − κσ < μ
+    with pytest.raises(ValueError, match="`n`"):
+        best_of_n(pipe, reward, PROMPTS, n=0)
+
+
+def test_gsb_compare_with_a_callable_and_the_oracle():
+    from pipelines.judging import gsb_compare
+
+    a = torch.zeros(4, 3, 32, 32)
+    b = torch.ones(4, 3, 32, 32)
+    prompts = ["p1", "p1", "p2", "p2"]
+    result = gsb_compare(a, b, prompts, lambda x, y, p: np.array([1, 1, 0, -1]), num_resamples=200)
+    assert result["good"] == 0.5 and result["bad"] == 0.25 and result["net"] == pytest.approx(0.25)
+    oracle = gsb_compare(a, a, ["one red circle on a blue background"] * 4, "oracle", num_resamples=50)
+    assert oracle["same"] == 1.0 and oracle["net"] == 0.0  # identical images tie
+
+
+def test_clipscore_is_differentiable_and_mixes_with_zreward(reward):
+    from zreward_diffusers.rewards import CLIPScoreLoss, WeightedRewardLoss
+
+    clip = CLIPScoreLoss.tiny(weight=1.0, reduction="none")
+    images = (torch.rand(2, 3, 48, 40) * 2 - 1).requires_grad_(True)
+    loss = clip(images, PROMPTS)
+    assert loss.shape == (2,) and (loss <= 0).all()
+    loss.sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    mixed = WeightedRewardLoss({"zreward": reward, "clip": CLIPScoreLoss.tiny()}, {"zreward": 1.0, "clip": 0.1})
+    images.grad = None
+    total = mixed(images, PROMPTS)
+    torch.testing.assert_close(total, reward(images, PROMPTS) + 0.1 * CLIPScoreLoss.tiny()(images, PROMPTS),
+                               atol=1e-5, rtol=1e-5)
+    assert set(mixed.last_terms) == {"zreward", "clip"}
+    with pytest.raises(ValueError, match="weights"):
+        WeightedRewardLoss({"zreward": reward}, {"clip": 1.0})
+    with pytest.raises(FileNotFoundError):
+        CLIPScoreLoss.from_pretrained("ViT-B-32", "/nonexistent/open_clip.bin")

@@ -1,0 +1,135 @@
+"""Best-of-N reranking by ZReward and the Good-Same-Bad (GSB) comparison of two generators.
+
+- `best_of_n`: sample N images per prompt and keep the one with the highest reward — the expected score, or, with
+  `kappa > 0`, the uncertainty-aware μ − κσ (prefer images the reward is sure about).
+- `gsb_compare`: the same prompts and seeds through two generators, each pair judged by any judge — the synthetic
+  world's pixel oracle (`"oracle"`), a Z-Reward model (teacher or student: higher μ wins), or a callable returning
+  +1 / 0 / −1 — summarised as GSB net improvement (G − B)/(G + S + B) with a bootstrap CI over prompts (METHOD §4.4).
+
+    python -m pipelines.judging --a runs/generator/pipeline --b runs/generator/pipeline --lora_b runs/draft/lora
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zreward_diffusers.metrics import gsb_with_ci
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], num_inference_steps: int = 20, height: int = 32,
+             width: int = 32, guidance_scale: float = 1.0, **kwargs) -> torch.Tensor:
+    """Images in [−1, 1] `(N, 3, H, W)`, prompt i with seed i (the pipeline's own sampling)."""
+    images = []
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        out = pipe([prompt], num_inference_steps=num_inference_steps, height=height, width=width,
+                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed), output_type="pt",
+                   **kwargs)
+        images.append(out.images * 2 - 1)
+    return torch.cat(images)
+
+
+@torch.no_grad()
+def reward_scores(reward, images: torch.Tensor, prompts: list[str], kappa: float = 0.0) -> np.ndarray:
+    """Weighted mean over the reward's dimensions of μ − κσ, per image (on the rubric's level scale)."""
+    out = reward.score(images.to(next(reward.parameters()).device), prompts)
+    index = torch.tensor([reward.rubric.dimension_index(d) for d in out.dimensions], device=out.expected.device)
+    weights = reward.scorer.dimension_weights[index]
+    weights = weights / weights.sum()
+    return ((out.expected - kappa * out.std) * weights).sum(-1).cpu().numpy()
+
+
+def best_of_n(pipe, reward, prompts: list[str], n: int = 4, seed: int = 0, kappa: float = 0.0,
+              **generate_kwargs) -> tuple[torch.Tensor, np.ndarray]:
+    """The best of `n` samples per prompt by reward: `(images (P, 3, H, W) in [−1, 1], chosen scores (P,))`."""
+    if n < 1:
+        raise ValueError(f"`n` must be at least 1, got {n}")
+    chosen, scores = [], []
+    for p, prompt in enumerate(prompts):
+        seeds = [seed * 1_000_003 + p * n + i for i in range(n)]
+        images = generate(pipe, [prompt] * n, seeds, **generate_kwargs)
+        values = reward_scores(reward, images, [prompt] * n, kappa)
+        best = int(np.argmax(values))
+        chosen.append(images[best])
+        scores.append(values[best])
+    return torch.stack(chosen), np.array(scores)
+
+
+def score_judge(score_fn: Callable[[torch.Tensor, list[str]], np.ndarray], tie: float = 0.0):
+    """A judge from a per-image scorer: +1 if a scores above b by more than `tie`, −1 below, else 0."""
+
+    def judge(images_a, images_b, prompts):
+        a, b = score_fn(images_a, prompts), score_fn(images_b, prompts)
+        return np.where(a - b > tie, 1, np.where(b - a > tie, -1, 0))
+
+    return judge
+
+
+def oracle_judge(tie: float = 0.05):
+    """The synthetic world's pixel oracle (mean over its rubric dimensions), ties within `tie` points."""
+    from .reward_finetune import judge_images
+
+    return score_judge(lambda images, prompts: judge_images(images, prompts), tie)
+
+
+def gsb_compare(images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str], judge, groups=None,
+                num_resamples: int = 1000, seed: int = 0) -> dict:
+    """GSB of generator b (tuned) against a (base) on paired images; `judge` is "oracle", a reward or a callable."""
+    if judge == "oracle":
+        judge = oracle_judge()
+    elif hasattr(judge, "score") and hasattr(judge, "rubric"):
+        reward = judge
+        judge = score_judge(lambda images, p: reward_scores(reward, images, p))
+    judgements = np.asarray(judge(images_b, images_a, prompts))
+    return dict(gsb_with_ci(judgements, groups=groups if groups is not None else prompts,
+                            num_resamples=num_resamples, seed=seed), judgements=judgements.tolist())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from diffusers import DiffusionPipeline
+
+    from .reward_finetune import world_prompts
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", required=True, help="base pipeline directory")
+    parser.add_argument("--b", required=True, help="compared pipeline directory")
+    parser.add_argument("--lora_a", default=None)
+    parser.add_argument("--lora_b", default=None)
+    parser.add_argument("--judge", default="oracle", help="oracle or a Z-Reward checkpoint")
+    parser.add_argument("--num_prompts", type=int, default=64)
+    parser.add_argument("--seeds_per_prompt", type=int, default=2)
+    parser.add_argument("--num_inference_steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--out", default=None, help="write the result JSON here")
+    args = parser.parse_args(argv)
+    pipes = []
+    for path, lora in ((args.a, args.lora_a), (args.b, args.lora_b)):
+        pipe = DiffusionPipeline.from_pretrained(path, use_safetensors=True)
+        pipe.set_progress_bar_config(disable=True)
+        if lora:
+            pipe.load_lora_weights(lora)
+        pipes.append(pipe)
+    _, held_out = world_prompts(512, args.num_prompts, seed=0)
+    prompts = [p for p in held_out for _ in range(args.seeds_per_prompt)]
+    seeds = list(range(len(prompts)))
+    kwargs = dict(num_inference_steps=args.num_inference_steps, height=args.size, width=args.size)
+    images_a, images_b = (generate(pipe, prompts, seeds, **kwargs) for pipe in pipes)
+    judge = args.judge
+    if judge != "oracle":
+        from zreward_diffusers import ZRewardLoss
+
+        judge = ZRewardLoss.from_pretrained(judge)
+    result = gsb_compare(images_a, images_b, prompts, judge)
+    print(json.dumps({k: v for k, v in result.items() if k != "judgements"}, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

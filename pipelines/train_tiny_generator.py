@@ -1,0 +1,208 @@
+"""The synthetic world's base generator: a tiny `StableDiffusionPipeline` (VAE, CLIP text encoder, UNet, DDIM)
+trained here from scratch on the world's images and prompts, so that reward tuning has a real base to improve.
+
+Two stages, each cached under `<output_dir>` and resumable (training state every `save_every` steps):
+
+1. the VAE (`AutoencoderKL`, 2× down-sampling, 4 latent channels) on the world's images: L1 + L2 reconstruction
+   plus a small KL;
+2. the UNet (ε-prediction, DDPM noise schedule) and the text encoder on the frozen VAE's latents, with the prompt
+   dropped 10% of the time (so classifier-free guidance works).
+
+The world's images carry its deviations (wrong counts, colours, shapes, degradations) at the world's rates, so the
+base generator makes the same kind of mistakes — which the reward is there to fix. The result is an ordinary
+diffusers directory (`<output_dir>/pipeline`) that `StableDiffusionPipeline.from_pretrained` loads.
+
+    python -m pipelines.train_tiny_generator --output_dir runs/generator
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import parse_args  # noqa: E402
+from training.state import (  # noqa: E402
+    has_training_state,
+    load_training_state,
+    replace_directory,
+    save_training_state,
+)
+
+from .tiny import tiny_clip_tokenizer  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GeneratorConfig:
+    output_dir: str = field(default="runs/generator", metadata={"help": "stages, checkpoints and the pipeline"})
+    world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
+    num_groups: int = field(default=2048, metadata={"help": "world prompt groups to train on (4 images each)"})
+    image_size: int = field(default=32, metadata={"help": "image side in pixels (the world renders any size)"})
+    vae_steps: int = field(default=1500, metadata={"help": "VAE optimizer steps"})
+    vae_lr: float = field(default=1e-3, metadata={"help": "VAE learning rate"})
+    vae_kl_weight: float = field(default=1e-6, metadata={"help": "weight of the VAE's KL term"})
+    unet_steps: int = field(default=4000, metadata={"help": "UNet + text encoder optimizer steps"})
+    unet_lr: float = field(default=5e-4, metadata={"help": "UNet learning rate"})
+    batch_size: int = field(default=32, metadata={"help": "images per step"})
+    prompt_dropout: float = field(default=0.1, metadata={"help": "share of empty prompts (for CFG)"})
+    unet_channels: list = field(default_factory=lambda: [64, 128], metadata={"help": "UNet block widths"})
+    text_hidden: int = field(default=64, metadata={"help": "text encoder width"})
+    save_every: int = field(default=500, metadata={"help": "steps between training states"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and batches"})
+
+
+def world_data(config: GeneratorConfig) -> tuple[torch.Tensor, list[str]]:
+    """Images in [−1, 1] `(N, 3, S, S)` and their prompts."""
+    from zreward_diffusers.synthetic import SyntheticWorld, WorldConfig
+
+    world = SyntheticWorld(config.world_seed, WorldConfig(image_size=config.image_size))
+    items = [item for group in world.groups(config.num_groups) for item in group.items]
+    images = torch.from_numpy(np.stack([item.image for item in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return images, [item.prompt for item in items]
+
+
+def build_components(config: GeneratorConfig):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(config.seed)
+    tokenizer = tiny_clip_tokenizer()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=16, sample_size=config.image_size, scaling_factor=1.0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=config.text_hidden, intermediate_size=2 * config.text_hidden,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1))
+    channels = tuple(config.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=config.image_size // 2, in_channels=4, out_channels=4, block_out_channels=channels,
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",) * (len(channels) - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(channels) - 1),
+        cross_attention_dim=config.text_hidden, attention_head_dim=16, norm_num_groups=16)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    return vae, text_encoder, tokenizer, unet, scheduler
+
+
+def _batch(step: int, config: GeneratorConfig, count: int, stream: int) -> np.ndarray:
+    return np.random.default_rng([config.seed, stream, step]).integers(count, size=config.batch_size)
+
+
+def train_vae(vae, images: torch.Tensor, config: GeneratorConfig, state_dir: Path) -> list[float]:
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    start, _, extra = (load_training_state(state_dir, vae, optimizer, scheduler) if has_training_state(state_dir)
+                       else (0, 0.0, {}))
+    losses = extra.get("losses", [])
+    vae.train()
+    for step in tqdm(range(start, config.vae_steps), desc="vae", initial=start, total=config.vae_steps):
+        x = images[_batch(step, config, len(images), 1)]
+        posterior = vae.encode(x).latent_dist
+        torch.manual_seed(config.seed * 100_003 + step)
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = (F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+                + config.vae_kl_weight * posterior.kl().mean())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if (step + 1) % config.save_every == 0 or step + 1 == config.vae_steps:
+            save_training_state(state_dir, vae, optimizer, scheduler, step + 1, 0.0, extra={"losses": losses})
+    vae.eval()
+    return losses
+
+
+class _Denoiser(torch.nn.Module):
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+
+def train_unet(unet, text_encoder, tokenizer, vae, scheduler, images, prompts, config, state_dir: Path) -> list[float]:
+    module = _Denoiser(unet, text_encoder)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.unet_lr)
+    lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))
+    start, _, extra = (load_training_state(state_dir, module, optimizer, lr) if has_training_state(state_dir)
+                       else (0, 0.0, {}))
+    losses = extra.get("losses", [])
+    with torch.no_grad():  # the frozen VAE's latent means, once
+        latents = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
+        latents = latents * vae.config.scaling_factor
+    module.train()
+    alphas = scheduler.alphas_cumprod
+    for step in tqdm(range(start, config.unet_steps), desc="unet", initial=start, total=config.unet_steps):
+        index = _batch(step, config, len(images), 2)
+        rng = np.random.default_rng([config.seed, 3, step])
+        texts = ["" if rng.random() < config.prompt_dropout else prompts[i] for i in index]
+        tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                           return_tensors="pt").input_ids
+        x0 = latents[index]
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.from_numpy(rng.integers(scheduler.config.num_train_timesteps, size=len(index)))
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        prediction = unet(noisy, t, encoder_hidden_states=text_encoder(tokens)[0]).sample
+        loss = F.mse_loss(prediction, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        lr.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if (step + 1) % config.save_every == 0 or step + 1 == config.unet_steps:
+            save_training_state(state_dir, module, optimizer, lr, step + 1, 0.0, extra={"losses": losses})
+    module.eval()
+    return losses
+
+
+def train_generator(config: GeneratorConfig) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    out = Path(config.output_dir)
+    if (out / "metrics.json").exists() and (out / "pipeline").exists():
+        logger.info("generator: cached in %s", out)
+        return json.loads((out / "metrics.json").read_text())
+    started = time.perf_counter()
+    images, prompts = world_data(config)
+    vae, text_encoder, tokenizer, unet, scheduler = build_components(config)
+    vae_losses = train_vae(vae, images, config, out / "vae_state")
+    vae.requires_grad_(False)
+    unet_losses = train_unet(unet, text_encoder, tokenizer, vae, scheduler, images, prompts, config,
+                             out / "unet_state")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    replace_directory(out / "pipeline", lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True))
+    metrics = {"images": len(images), "image_size": config.image_size,
+               "seconds": round(time.perf_counter() - started), "vae_final_loss": float(np.mean(vae_losses[-50:])),
+               "unet_final_loss": float(np.mean(unet_losses[-50:])),
+               "parameters": {"vae": sum(p.numel() for p in vae.parameters()),
+                              "unet": sum(p.numel() for p in unet.parameters()),
+                              "text_encoder": sum(p.numel() for p in text_encoder.parameters())}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    metrics = train_generator(parse_args(GeneratorConfig, argv))
+    logger.info("generator: %s", metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
