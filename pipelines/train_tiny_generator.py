@@ -3,8 +3,8 @@ trained here from scratch on the world's images and prompts, so that reward tuni
 
 Two stages, each cached under `<output_dir>` and resumable (training state every `save_every` steps):
 
-1. the VAE (`AutoencoderKL`, 2× down-sampling, 4 latent channels) on the world's images: L1 + L2 reconstruction
-   plus a small KL;
+1. the VAE (`AutoencoderKL`, 4× down-sampling by default, 4 latent channels) on the world's images: L1 + L2
+   reconstruction plus a small KL;
 2. the UNet (ε-prediction, DDPM noise schedule) and the text encoder on the frozen VAE's latents, with the prompt
    dropped 10% of the time (so classifier-free guidance works).
 
@@ -50,13 +50,15 @@ class GeneratorConfig:
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
     num_groups: int = field(default=2048, metadata={"help": "world prompt groups to train on (4 images each)"})
     image_size: int = field(default=32, metadata={"help": "image side in pixels (the world renders any size)"})
-    vae_steps: int = field(default=1500, metadata={"help": "VAE optimizer steps"})
+    vae_steps: int = field(default=1000, metadata={"help": "VAE optimizer steps"})
     vae_lr: float = field(default=1e-3, metadata={"help": "VAE learning rate"})
     vae_kl_weight: float = field(default=1e-6, metadata={"help": "weight of the VAE's KL term"})
-    unet_steps: int = field(default=4000, metadata={"help": "UNet + text encoder optimizer steps"})
+    unet_steps: int = field(default=2500, metadata={"help": "UNet + text encoder optimizer steps"})
     unet_lr: float = field(default=5e-4, metadata={"help": "UNet learning rate"})
     batch_size: int = field(default=32, metadata={"help": "images per step"})
     prompt_dropout: float = field(default=0.1, metadata={"help": "share of empty prompts (for CFG)"})
+    vae_channels: list = field(default_factory=lambda: [32, 64, 64], metadata={
+        "help": "VAE block widths (len - 1 halvings: 32 px images -> 8 x 8 latents)"})
     unet_channels: list = field(default_factory=lambda: [64, 128], metadata={"help": "UNet block widths"})
     text_hidden: int = field(default=64, metadata={"help": "text encoder width"})
     save_every: int = field(default=500, metadata={"help": "steps between training states"})
@@ -79,8 +81,10 @@ def build_components(config: GeneratorConfig):
 
     torch.manual_seed(config.seed)
     tokenizer = tiny_clip_tokenizer()
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    vae_channels = tuple(config.vae_channels)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_channels,
+                        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+                        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
                         layers_per_block=1, norm_num_groups=16, sample_size=config.image_size, scaling_factor=1.0)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=config.text_hidden, intermediate_size=2 * config.text_hidden,
@@ -88,7 +92,8 @@ def build_components(config: GeneratorConfig):
         pad_token_id=1))
     channels = tuple(config.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=config.image_size // 2, in_channels=4, out_channels=4, block_out_channels=channels,
+        sample_size=config.image_size // 2 ** (len(vae_channels) - 1), in_channels=4, out_channels=4,
+        block_out_channels=channels,
         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",) * (len(channels) - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(channels) - 1),
         cross_attention_dim=config.text_hidden, attention_head_dim=16, norm_num_groups=16)
