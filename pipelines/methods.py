@@ -5,7 +5,8 @@
 - `draft_lv`: DRaFT-LV (same paper): the chain without gradients, then the final sample re-noised to the last step
   `lv_samples` times and that one step taken with gradients — n low-variance estimates per prompt.
 - `alignprop`: AlignProp (Prabhudesai et al., arXiv 2310.03739): gradients through a randomly truncated tail of the
-  chain, K ~ U{1, …, T}, with every step's denoiser call checkpointed to keep memory flat.
+  chain, K ~ U{1, …, T}. With `use_checkpoint`, every step's denoiser call (any method) and the VAE decoder are
+  checkpointed, which keeps memory nearly flat in K.
 - `refl`: ReFL (ImageReward, Xu et al., arXiv 2304.05977): stop at a random late step t, predict x̂₀ in one step with
   gradients, decode and score that (the reward is usually wrapped as φ(r) = ReLU(margin − r)).
 
@@ -81,7 +82,7 @@ def sample(rollout, prompts: list[str], num_steps: int, method: str = "draft", k
     for index in range(stop):
         with_grad = index >= first_grad
         with torch.set_grad_enabled(with_grad):
-            output = _output(rollout, latents, index, cond, use_checkpoint and method == "alignprop")
+            output = _output(rollout, latents, index, cond, use_checkpoint)
             if with_grad:
                 grad_steps.append(index)
                 if velocity_l2:
