@@ -10,11 +10,12 @@ from training.gdso import GDSOConfig
 from training.opd import OPDConfig
 from training.pretrain_base import PretrainBaseConfig
 from training.risd import RISDConfig
+from training.risd_clip import RISDClipConfig
 from training.sft import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = {"pretrain_base": PretrainBaseConfig, "teacher_sft": SFTConfig, "teacher_gdso": GDSOConfig,
-           "teacher_grpo": GDSOConfig, "student_risd": RISDConfig, "student_opd": OPDConfig,
+           "teacher_grpo": GDSOConfig, "student_risd_clip": RISDClipConfig, "student_risd": RISDConfig, "student_opd": OPDConfig,
            "draft": RewardFinetuneConfig}
 CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
 CONFIGS += sorted((REPO / "pipelines" / "configs").glob("*.yaml"))

@@ -184,3 +184,30 @@ def test_opd_exact_loss_is_the_reverse_kl(models, tmp_path):
     assert logs["loss"] == pytest.approx(logs["reverse_kl"]) and logs["reverse_kl"] > 0
     with pytest.raises(ValueError, match="estimator"):
         OPDTrainer(OPDConfig(base=student, teacher=teacher, output_dir=str(tmp_path), estimator="mc", log_with=None))
+
+
+# ------------------------------------------------------------------------------------------------ CLIP student
+def test_clip_student_distils_and_loads_through_zreward_loss(models, tmp_path):
+    from training.risd_clip import RISDClipConfig, train
+    from zreward_diffusers.clip_student import ClipStudentScorer
+
+    teacher, _ = models
+    config = RISDClipConfig(teacher=teacher, output_dir=str(tmp_path / "clip"), cache_dir=str(tmp_path / "cache"),
+                            num_samples=2, teacher_max_new_tokens=5, cache_chunk_size=4, groups_per_step=2,
+                            steps=3, save_every=2, **DATA)
+    student_before = ClipStudentScorer.tiny(seed=0).state_dict()
+    metrics = train(config)
+    assert len(metrics["history"]) == 3 and 0 <= metrics["preference_accuracy"] <= 1
+    loss = ZRewardLoss.from_pretrained(tmp_path / "clip" / "model")
+    assert isinstance(loss.scorer, ClipStudentScorer)
+    changed = [k for k, v in loss.scorer.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert changed  # trained
+    images = (torch.rand(2, 3, 56, 56) * 2 - 1).requires_grad_(True)
+    value = loss(images, ["two red circles on a blue background", "one star on a white background"])
+    value.backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    again = ZRewardLoss.from_pretrained(tmp_path / "clip" / "model")
+    torch.testing.assert_close(again.scorer(images.detach() / 2 + 0.5, ["a", "b"]).probs,
+                               loss.scorer(images.detach() / 2 + 0.5, ["a", "b"]).probs)
+    with pytest.raises(ValueError, match="reasoning"):
+        loss.scorer(images.detach(), ["a", "b"], reasoning=[["x"] * 4] * 2)

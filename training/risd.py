@@ -64,6 +64,37 @@ class RISDConfig(RewardTrainingConfig):
     lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
 
 
+def load_teacher_targets(config, train_set, train_bank, dimensions, rubric, accelerator):
+    """`({(record_id, dimension): q̄}, cache directory)` for a RISD-style config (`teacher`, `cache_dir`,
+    `num_samples`, `teacher_temperature`, `teacher_max_new_tokens`, `cache_chunk_size`, `cache_seed`,
+    `target_samples`); processes split the cache build, then all read it."""
+    settings = CacheSettings(config.num_samples, config.teacher_temperature, 1.0, config.teacher_max_new_tokens,
+                             config.cache_chunk_size, config.cache_seed)
+    cache = TeacherCache(config.cache_dir, teacher_fingerprint(config.teacher, settings), settings)
+    teacher, processor, teacher_rubric = load_base(config.teacher, config.trust_remote_code)
+    if teacher_rubric.levels != rubric.levels:
+        raise ValueError(f"teacher levels {teacher_rubric.levels} differ from the student's {rubric.levels}")
+    teacher.to(accelerator.device)
+    build_teacher_cache(teacher, processor, teacher_rubric, train_set, dimensions, cache, accelerator.device,
+                        progress=accelerator.is_local_main_process, rank=accelerator.process_index,
+                        world_size=accelerator.num_processes)
+    del teacher
+    accelerator.wait_for_everyone()
+    entries = cache.load()
+    targets = {}
+    for n, record in enumerate(train_set.records):
+        for dimension in dimensions:
+            entry = entries[input_key(train_bank.images[n], record.prompt, dimension)]
+            if config.target_samples is None:
+                mean = torch.tensor(entry["mean"], dtype=torch.float32)
+            else:
+                m = config.target_samples
+                mean = torch.tensor(average_chains(np.array(entry["probs"][:m]), entry["finished"][:m]),
+                                    dtype=torch.float32)
+            targets[record.record_id, dimension] = mean / mean.sum()
+    return targets, cache.directory
+
+
 class RISDTrainer(RewardTrainer):
     name = "risd"
     reasoning = False
@@ -86,32 +117,8 @@ class RISDTrainer(RewardTrainer):
 
     def teacher_targets(self) -> dict[tuple[str, str], torch.Tensor]:
         """q̄ of every training (record, dimension), from the cache (built here when missing)."""
-        config = self.config
-        settings = CacheSettings(config.num_samples, config.teacher_temperature, 1.0, config.teacher_max_new_tokens,
-                                 config.cache_chunk_size, config.cache_seed)
-        cache = TeacherCache(config.cache_dir, teacher_fingerprint(config.teacher, settings), settings)
-        teacher, processor, rubric = load_base(config.teacher, config.trust_remote_code)
-        if rubric.levels != self.rubric.levels:
-            raise ValueError(f"teacher levels {rubric.levels} differ from the student's {self.rubric.levels}")
-        teacher.to(self.device)
-        build_teacher_cache(teacher, processor, rubric, self.train_set, self.dimensions, cache, self.device,
-                            progress=self.accelerator.is_local_main_process, rank=self.rank,
-                            world_size=self.world_size)
-        del teacher
-        self.accelerator.wait_for_everyone()
-        entries = cache.load()
-        self.cache_directory = cache.directory
-        targets = {}
-        for n, record in enumerate(self.train_set.records):
-            for dimension in self.dimensions:
-                entry = entries[input_key(self.train_bank.images[n], record.prompt, dimension)]
-                if config.target_samples is None:
-                    mean = torch.tensor(entry["mean"], dtype=torch.float32)
-                else:
-                    m = config.target_samples
-                    mean = torch.tensor(average_chains(np.array(entry["probs"][:m]), entry["finished"][:m]),
-                                        dtype=torch.float32)
-                targets[record.record_id, dimension] = mean / mean.sum()
+        targets, self.cache_directory = load_teacher_targets(
+            self.config, self.train_set, self.train_bank, self.dimensions, self.rubric, self.accelerator)
         return targets
 
     def step_units(self, step: int):

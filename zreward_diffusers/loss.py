@@ -216,17 +216,20 @@ class ZRewardLoss(nn.Module):
         """
         scorer = self.scorer
         with atomic_directory(save_directory) as tmp:
-            backbone = save_backbone(scorer.model, scorer.processor, tmp, base_model=base_model)
-            config = {
-                "family": _model_type(scorer.model),
-                "backbone": backbone,
+            if getattr(scorer, "model_config", None) is not None:  # the CLIP-sized student
+                from .clip_student import FAMILY
+
+                config = {"family": FAMILY, "backbone": scorer.save_pretrained(tmp)}
+            else:
+                backbone = save_backbone(scorer.model, scorer.processor, tmp, base_model=base_model)
+                config = {"family": _model_type(scorer.model), "backbone": backbone, "quantize": scorer.quantize,
+                          "preprocessing": scorer.image_transform.to_dict()}
+            config.update({
                 "rubric": scorer.rubric.to_dict(),
-                "quantize": scorer.quantize,
-                "preprocessing": scorer.image_transform.to_dict(),
                 "reward": self.reward_config(),
                 "library_version": __version__,
                 "transformers_version": _transformers_version(),
-            }
+            })
             write_config(tmp, config)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token=None, commit_message: str | None = None):
@@ -261,12 +264,19 @@ class ZRewardLoss(nn.Module):
         """
         directory = resolve_checkpoint(pretrained_model_name_or_path, revision=revision, token=token)
         config = read_config(directory)
-        model, processor = load_backbone(
-            directory, config, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision,
-            token=token,
-        )
-        scorer = ZRewardScorer(model, processor, Rubric.from_dict(config["rubric"]),
-                               quantize=config.get("quantize", True))
+        if config.get("family") == "open_clip":
+            from .clip_student import ClipStudentScorer
+
+            scorer = ClipStudentScorer.from_checkpoint(directory, config)
+            if torch_dtype is not None:
+                scorer.to(torch_dtype)
+        else:
+            model, processor = load_backbone(
+                directory, config, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision,
+                token=token,
+            )
+            scorer = ZRewardScorer(model, processor, Rubric.from_dict(config["rubric"]),
+                                   quantize=config.get("quantize", True))
         saved = dict(config.get("reward", {}))
         running = {key: saved.pop(key) for key in ("running_mean", "running_var", "num_batches_tracked")
                    if key in saved}
