@@ -15,7 +15,8 @@ from training.sft import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = {"pretrain_base": PretrainBaseConfig, "teacher_sft": SFTConfig, "teacher_gdso": GDSOConfig,
-           "teacher_grpo": GDSOConfig, "student_risd_clip": RISDClipConfig, "student_risd": RISDConfig, "student_opd": OPDConfig,
+           "teacher_grpo": GDSOConfig, "student_risd_clip": RISDClipConfig, "student_risd": RISDConfig,
+           "student_opd": OPDConfig,
            "draft": RewardFinetuneConfig}
 CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
 CONFIGS += sorted((REPO / "pipelines" / "configs").glob("*.yaml"))
