@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="runs/teacher/gdso/model")
     parser.add_argument("--student", default="runs/student_risd/model")
+    parser.add_argument("--clip_student", default="runs/student_risd_clip/model")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
@@ -39,6 +41,7 @@ def main() -> None:
     prompts = [item.prompt for item in items]
     teacher = ZRewardLoss.from_pretrained(args.teacher).scorer
     student = ZRewardLoss.from_pretrained(args.student).scorer
+    clip = ZRewardLoss.from_pretrained(args.clip_student).scorer if Path(args.clip_student).exists() else None
 
     def read(scorer):
         def run():
@@ -59,11 +62,15 @@ def main() -> None:
         "teacher backbone read as a student (one forward)": timed(read(teacher), args.repeats),
         "student: one forward": timed(read(student), args.repeats),
     }
+    if clip is not None:
+        rows["CLIP-sized student: one forward"] = timed(read(clip), args.repeats)
     sizes = {"teacher": sum(p.numel() for p in teacher.model.parameters()),
-             "student": sum(p.numel() for p in student.model.parameters())}
+             "student": sum(p.numel() for p in student.model.parameters()),
+             "CLIP student": sum(p.numel() for p in clip.parameters()) if clip is not None else 0}
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; batch "
           f"{args.batch_size} images x {len(teacher.rubric.dimension_names)} dimensions; teacher {sizes['teacher']:,} "
-          f"params, student {sizes['student']:,} params; max_new_tokens {args.max_new_tokens}\n")
+          f"params, student {sizes['student']:,} params, CLIP student {sizes['CLIP student']:,} params; "
+          f"max_new_tokens {args.max_new_tokens}\n")
     print("| scoring | s / batch | images / s |\n|---|---:|---:|")
     for name, seconds in rows.items():
         print(f"| {name} | {seconds:.3f} | {args.batch_size / seconds:.1f} |")
