@@ -167,7 +167,12 @@ def test_gdso_terms_equal_the_objectives_recomputed_from_the_scorer(tiny_base, t
     targets = torch.stack([soft_target(r, dimension, trainer.levels) for r in records]).repeat_interleave(2, 0)
     pointwise = kl_to_target(targets, read.probs[:, 0].log()).sum()
     gap, count = gap_loss(expected, labels)
-    torch.testing.assert_close(terms["pointwise"].detach(), pointwise, atol=1e-4, rtol=1e-4)
+    # the default pointwise KL is against the full vocabulary: KL(q || p_K) - log(mass on the K score tokens)
+    full = pointwise - read.score_token_mass[:, 0].log().sum()
+    torch.testing.assert_close(terms["pointwise"].detach(), full, atol=1e-4, rtol=1e-4)
+    trainer.config.full_vocabulary = False
+    torch.testing.assert_close(trainer.unit_terms(0, rollout, None)["pointwise"].detach(), pointwise, atol=1e-4,
+                               rtol=1e-4)
     torch.testing.assert_close(terms["gap"].detach(), gap, atol=1e-4, rtol=1e-4)
     assert terms["gap_count"] == count == 2 * len(records) * (len(records) - 1) // 2
     rewards = gdso_rewards(expected, labels, 4.0)
