@@ -90,6 +90,33 @@ def gsb_compare(images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[st
                             num_resamples=num_resamples, seed=seed), judgements=judgements.tolist())
 
 
+def before_after_grid(images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str], judgements, path,
+                      count: int = 8, scale: int = 4) -> Path:
+    """A PNG: each column one prompt and seed, base on top, tuned below, the judge's verdict under it."""
+    from PIL import Image, ImageDraw
+
+    count = min(count, len(prompts))
+    size = images_a.shape[-1] * scale
+    label_height, caption = 14, 40
+    sheet = Image.new("RGB", (count * (size + 6) + 70, 2 * size + caption + label_height + 16), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 8 + size // 2), "base", fill="black")
+    draw.text((4, 12 + size + size // 2), "tuned", fill="black")
+    verdict = {1: "tuned better", 0: "same", -1: "base better"}
+    for i in range(count):
+        x = 70 + i * (size + 6)
+        for row, images in enumerate((images_a, images_b)):
+            pixels = ((images[i].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+            sheet.paste(Image.fromarray(pixels).resize((size, size), Image.NEAREST), (x, 6 + row * (size + 4)))
+        words = prompts[i].split()
+        lines = [" ".join(words[j:j + 3]) for j in range(0, len(words), 3)][:3]
+        draw.multiline_text((x, 2 * size + 12), "\n".join(lines), fill="black", spacing=1)
+        draw.text((x, 2 * size + 12 + caption), verdict[int(judgements[i])], fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return Path(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     from diffusers import DiffusionPipeline
 
@@ -106,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--out", default=None, help="write the result JSON here")
+    parser.add_argument("--grid", default=None, help="write a before/after PNG of the first prompts here")
     args = parser.parse_args(argv)
     pipes = []
     for path, lora in ((args.a, args.lora_a), (args.b, args.lora_b)):
@@ -125,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         judge = ZRewardLoss.from_pretrained(judge)
     result = gsb_compare(images_a, images_b, prompts, judge)
+    if args.grid:
+        before_after_grid(images_a, images_b, prompts, result["judgements"], args.grid)
     print(json.dumps({k: v for k, v in result.items() if k != "judgements"}, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
