@@ -97,7 +97,7 @@ def before_after_grid(images_a: torch.Tensor, images_b: torch.Tensor, prompts: l
 
     count = min(count, len(prompts))
     size = images_a.shape[-1] * scale
-    label_height, caption = 14, 40
+    label_height, caption = 14, 54
     sheet = Image.new("RGB", (count * (size + 6) + 70, 2 * size + caption + label_height + 16), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 8 + size // 2), "base", fill="black")
@@ -109,7 +109,7 @@ def before_after_grid(images_a: torch.Tensor, images_b: torch.Tensor, prompts: l
             pixels = ((images[i].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
             sheet.paste(Image.fromarray(pixels).resize((size, size), Image.NEAREST), (x, 6 + row * (size + 4)))
         words = prompts[i].split()
-        lines = [" ".join(words[j:j + 3]) for j in range(0, len(words), 3)][:3]
+        lines = [" ".join(words[j:j + 3]) for j in range(0, len(words), 3)][:4]
         draw.multiline_text((x, 2 * size + 12), "\n".join(lines), fill="black", spacing=1)
         draw.text((x, 2 * size + 12 + caption), verdict[int(judgements[i])], fill="black")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
