@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.config import load_config  # noqa: E402
 from training.opd import OPDConfig, OPDTrainer  # noqa: E402
 from training.risd import RISDConfig, RISDTrainer  # noqa: E402
+from training.trainer import run_cached as run  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 VARIANTS = {
@@ -30,14 +31,6 @@ VARIANTS = {
     "risd_m4": ("RISD, M = 4", {"target_samples": 4}),
     "risd_no_gap": ("RISD without the gap term", {"gap_weight": 0.0}),
 }
-
-
-def run(trainer_class, config) -> dict:
-    path = Path(config.output_dir) / "metrics.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    config.resume = True
-    return trainer_class(config).train()
 
 
 def main() -> None:

@@ -27,19 +27,12 @@ from training.config import load_config  # noqa: E402
 from training.gdso import GDSOConfig, GDSOTrainer  # noqa: E402
 from training.scalar_baselines import BradleyTerryTrainer, RewardDanceTrainer, ScalarConfig  # noqa: E402
 from training.sft import SFTConfig, SFTTrainer  # noqa: E402
+from training.trainer import run_cached as run  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 METHODS = ("sft", "grpo", "bradley_terry", "rewarddance", "gdso")
 LABELS = {"sft": "SFT (cold start only)", "grpo": "GRPO (sampled score token)",
           "bradley_terry": "scalar Bradley-Terry", "rewarddance": "RewardDance-style P(yes)", "gdso": "GDSO (ours)"}
-
-
-def run(trainer_class, config) -> dict:
-    path = Path(config.output_dir) / "metrics.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    config.resume = True
-    return trainer_class(config).train()
 
 
 def seed_runs(seed: int, args) -> dict[str, dict]:

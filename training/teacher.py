@@ -12,13 +12,13 @@ its last training state. `<output_dir>/sft/model` and `<output_dir>/gdso/model` 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from .config import load_config
 from .gdso import GDSOConfig, GDSOTrainer
 from .sft import SFTConfig, SFTTrainer
+from .trainer import run_cached
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +27,7 @@ CONFIGS = Path(__file__).parent / "configs"
 
 def run_stage(trainer_class, config_class, config_path, overrides: dict) -> dict:
     """Run one stage unless its metrics exist; returns its metrics."""
-    config = load_config(config_class, config_path, overrides)
-    metrics_path = Path(config.output_dir) / "metrics.json"
-    if metrics_path.exists():
-        logger.info("%s: done already (%s)", config.output_dir, metrics_path)
-        return json.loads(metrics_path.read_text())
-    config.resume = True
-    return trainer_class(config).train()
+    return run_cached(trainer_class, load_config(config_class, config_path, overrides))
 
 
 def main(argv: list[str] | None = None) -> dict:

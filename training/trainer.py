@@ -341,6 +341,16 @@ class RewardTrainer:
         model.train()
 
 
+def run_cached(trainer_class, config) -> dict:
+    """Train unless `<output_dir>/metrics.json` exists (then return it); an interrupted run resumes."""
+    path = Path(config.output_dir) / METRICS_FILE
+    if path.exists():
+        logger.info("%s: done already (%s)", config.output_dir, path)
+        return json.loads(path.read_text())
+    config.resume = True
+    return trainer_class(config).train()
+
+
 def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
