@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import parse_args
 from .data import labelled_groups, step_rng
 from .objectives import (
     clipped_policy_loss,
@@ -50,7 +49,7 @@ from .objectives import (
     soft_target,
 )
 from .sequences import Row, forward_rows, sample_reasoning
-from .trainer import RewardTrainer, RewardTrainingConfig
+from .trainer import RewardTrainer, RewardTrainingConfig, run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -243,12 +242,7 @@ class GDSOTrainer(RewardTrainer):
 
 
 def main(argv: list[str] | None = None, config_class: type = GDSOConfig) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse_args(config_class, argv)
-    metrics = GDSOTrainer(config).train()
-    logger.info("%s: held-out preference accuracy %.4f in %.0f s", config.objective, metrics["preference_accuracy"],
-                metrics["train_seconds"])
-    return metrics
+    return run_entry_point(GDSOTrainer, config_class, argv)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import parse_args
 from .data import step_rng
 from .gdso import unit_seed
 from .sequences import Row, forward_rows
-from .trainer import RewardTrainer, RewardTrainingConfig, load_base
+from .trainer import RewardTrainer, RewardTrainingConfig, load_base, run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +95,7 @@ class OPDTrainer(RewardTrainer):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse_args(OPDConfig, argv)
-    metrics = OPDTrainer(config).train()
-    logger.info("opd: held-out preference accuracy %.4f in %.0f s", metrics["preference_accuracy"],
-                metrics["train_seconds"])
-    return metrics
+    return run_entry_point(OPDTrainer, OPDConfig, argv)
 
 
 if __name__ == "__main__":

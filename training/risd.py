@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import parse_args
 from .data import step_rng
 from .objectives import huber, kl_to_target, soft_target
 from .sequences import Row, forward_rows
@@ -34,7 +33,7 @@ from .teacher_cache import (
     input_key,
     teacher_fingerprint,
 )
-from .trainer import RewardTrainer, RewardTrainingConfig, load_base
+from .trainer import RewardTrainer, RewardTrainingConfig, load_base, run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -190,12 +189,7 @@ class RISDTrainer(RewardTrainer):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse_args(RISDConfig, argv)
-    metrics = RISDTrainer(config).train()
-    logger.info("risd: held-out preference accuracy %.4f in %.0f s", metrics["preference_accuracy"],
-                metrics["train_seconds"])
-    return metrics
+    return run_entry_point(RISDTrainer, RISDConfig, argv)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import parse_args
 from .data import step_rng
 from .objectives import kl_to_target, soft_target
 from .sequences import Row, forward_rows
-from .trainer import RewardTrainer, RewardTrainingConfig
+from .trainer import RewardTrainer, RewardTrainingConfig, run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +116,7 @@ class SFTTrainer(RewardTrainer):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse_args(SFTConfig, argv)
-    metrics = SFTTrainer(config).train()
-    logger.info("sft: held-out preference accuracy %.4f in %.0f s", metrics["preference_accuracy"],
-                metrics["train_seconds"])
-    return metrics
+    return run_entry_point(SFTTrainer, SFTConfig, argv)
 
 
 if __name__ == "__main__":

@@ -341,6 +341,19 @@ class RewardTrainer:
         model.train()
 
 
+def run_entry_point(trainer_class, config_class, argv: list[str] | None = None) -> dict:
+    """The body of every `python -m training.<name>` entry point: parse the config, train, log the result."""
+    from .config import parse_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = parse_args(config_class, argv)
+    trainer = trainer_class(config)
+    metrics = trainer.train()
+    logger.info("%s: held-out preference accuracy %.4f in %.0f s", trainer.name, metrics["preference_accuracy"],
+                metrics["train_seconds"])
+    return metrics
+
+
 def run_cached(trainer_class, config) -> dict:
     """Train unless `<output_dir>/metrics.json` exists (then return it); an interrupted run resumes."""
     path = Path(config.output_dir) / METRICS_FILE
