@@ -20,8 +20,11 @@ install: $(BIN)/.installed
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q zreward_diffusers tests
 
+# make demo: the whole method in miniature (about 25 min here); make demo QUICK=1: the same stages, tiny (~2 min).
+DEMO_ARGS := $(if $(filter 1,$(QUICK)),--profile quick --out runs/demo_quick,--profile demo --out runs/demo)
+
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.score_demo --out runs/demo
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.demo $(DEMO_ARGS)
 
 lint: install
 	$(BIN)/ruff check zreward_diffusers training pipelines benchmarks tests

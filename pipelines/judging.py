@@ -91,27 +91,30 @@ def gsb_compare(images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[st
 
 
 def before_after_grid(images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str], judgements, path,
-                      count: int = 8, scale: int = 4) -> Path:
+                      count: int = 8, scale: int = 4, title: str | None = None) -> Path:
     """A PNG: each column one prompt and seed, base on top, tuned below, the judge's verdict under it."""
     from PIL import Image, ImageDraw
 
     count = min(count, len(prompts))
     size = images_a.shape[-1] * scale
-    label_height, caption = 14, 54
-    sheet = Image.new("RGB", (count * (size + 6) + 70, 2 * size + caption + label_height + 16), "white")
+    label_height, caption, top = 14, 54, 22
+    title = title or ("Base (top) vs reward-tuned (bottom) generator: same held-out prompt and seed per column; "
+                      "the judge's verdict under each")
+    sheet = Image.new("RGB", (count * (size + 6) + 70, top + 2 * size + caption + label_height + 16), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 8 + size // 2), "base", fill="black")
-    draw.text((4, 12 + size + size // 2), "tuned", fill="black")
+    draw.text((4, 5), title, fill="black")
+    draw.text((4, top + 8 + size // 2), "base", fill="black")
+    draw.text((4, top + 12 + size + size // 2), "tuned", fill="black")
     verdict = {1: "tuned better", 0: "same", -1: "base better"}
     for i in range(count):
         x = 70 + i * (size + 6)
         for row, images in enumerate((images_a, images_b)):
             pixels = ((images[i].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-            sheet.paste(Image.fromarray(pixels).resize((size, size), Image.NEAREST), (x, 6 + row * (size + 4)))
+            sheet.paste(Image.fromarray(pixels).resize((size, size), Image.NEAREST), (x, top + 6 + row * (size + 4)))
         words = prompts[i].split()
         lines = [" ".join(words[j:j + 3]) for j in range(0, len(words), 3)][:4]
-        draw.multiline_text((x, 2 * size + 12), "\n".join(lines), fill="black", spacing=1)
-        draw.text((x, 2 * size + 12 + caption), verdict[int(judgements[i])], fill="black")
+        draw.multiline_text((x, top + 2 * size + 12), "\n".join(lines), fill="black", spacing=1)
+        draw.text((x, top + 2 * size + 12 + caption), verdict[int(judgements[i])], fill="black")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return Path(path)

@@ -84,9 +84,11 @@ def test_resume_continues_exactly(run, tmp_path):
     student_only = {"student": TINY_MODELS["student"]}
     first = pretrain(few_step_config(tmp_path, models=student_only, steps=2))
     resumed = pretrain(few_step_config(tmp_path, models=student_only, steps=4, resume=True))
-    assert len(first["student"]["losses"]) == 2 and len(resumed["student"]["losses"]) == 2
-    torch.testing.assert_close(first["student"]["losses"] + resumed["student"]["losses"],
-                               full["student"]["losses"], rtol=0, atol=1e-5)
+    assert len(first["student"]["losses"]) == 2 and len(resumed["student"]["losses"]) == 4  # history carried over
+    assert resumed["student"]["losses"][:2] == first["student"]["losses"]
+    torch.testing.assert_close(resumed["student"]["losses"], full["student"]["losses"], rtol=0, atol=1e-5)
+    curve = json.loads((tmp_path / "metrics.json").read_text())["student"]["loss_curve"]
+    assert [step for step, _ in curve] == [1, 2, 3, 4]
     resumed_model = AutoModelForImageTextToText.from_pretrained(tmp_path / "student")
     full_model = AutoModelForImageTextToText.from_pretrained(f"{full_config.output_dir}/student")
     for (name, a), (_, b) in zip(resumed_model.named_parameters(), full_model.named_parameters(), strict=True):

@@ -425,7 +425,8 @@ def build_model(tokenizer, overrides: dict, seed: int):
 # ------------------------------------------------------------------------------------------------ training
 def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelerator: Accelerator, processor,
                 encoder: Encoder, train_items, eval_indices: list[int], eval_scenes: list[Scene]) -> dict:
-    """Train one base model, save it to `<output_dir>/<name>`; returns its metrics and this run's step losses.
+    """Train one base model, save it to `<output_dir>/<name>`; returns its metrics and its step losses (all steps,
+    resumed runs included; `metrics.json` keeps a `loss_curve` of window means for plots).
 
     `train_seconds` is the wall-clock time of the training loop, held-out evaluations and checkpoints included
     (summed over resumed runs).
@@ -437,15 +438,15 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.steps)
-    start_step, train_seconds = 0, 0.0
+    start_step, train_seconds, extra = 0, 0.0, {}
     if config.resume and has_training_state(state_dir):
-        start_step, train_seconds, _ = load_training_state(state_dir, model, optimizer, scheduler)
+        start_step, train_seconds, extra = load_training_state(state_dir, model, optimizer, scheduler)
         logger.info("%s: resumed from step %d", name, start_step)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    losses, accuracy = [], {}
+    losses, accuracy = list(extra.get("losses", [])), {}
     progress = tqdm(range(start_step, config.steps), desc=name, disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
     for step in progress:
@@ -468,7 +469,8 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
             elapsed = train_seconds + time.perf_counter() - started
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_training_state(state_dir, accelerator.unwrap_model(model), optimizer, scheduler, done, elapsed)
+                save_training_state(state_dir, accelerator.unwrap_model(model), optimizer, scheduler, done, elapsed,
+                                    extra={"losses": losses})
     train_seconds += time.perf_counter() - started
     if not accuracy:  # nothing left to train after a resume
         accuracy = evaluate(model, encoder, eval_indices, eval_scenes, accelerator, config.eval_batch_size)
@@ -483,8 +485,10 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
 
         replace_directory(output_dir / name, write)
     accelerator.free_memory(model, optimizer, scheduler)
+    window = max(1, len(losses) // 200)
+    curve = [[i + window, float(np.mean(losses[i:i + window]))] for i in range(0, len(losses), window)]
     metrics = dict(held_out_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.steps,
-                   parameters=num_parameters)
+                   parameters=num_parameters, loss_curve=curve)
     return dict(metrics, losses=losses)
 
 
