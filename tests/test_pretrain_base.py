@@ -159,6 +159,8 @@ def test_config_loading_rejects_unknown_keys_and_applies_overrides(tmp_path):
     default = PretrainBaseConfig().models
     assert config.models["teacher"]["vision_config"] == default["teacher"]["vision_config"]  # the rest is kept
     assert config.models["student"] == default["student"]
+    assert parse_args(PretrainBaseConfig, ["--log_with", "none"]).log_with is None  # "none" switches trackers off
+    assert parse_args(PretrainBaseConfig, ["--log_with", "tensorboard"]).log_with == "tensorboard"
     with pytest.raises(ValueError, match="text_config.hidden_sise"):
         build_model(build_tiny_tokenizer("qwen2_vl"), {"text_config": {"hidden_sise": 8}}, seed=0)
 

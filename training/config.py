@@ -70,6 +70,8 @@ def _build(cls, data: dict, overrides: dict, source: str, prefix: str):
 
 
 def _convert(kind, value, name: str):
+    if isinstance(value, str) and value.lower() == "none" and type(None) in typing.get_args(kind):
+        return None  # `--log_with none` means off, as the help says
     if kind is bool and isinstance(value, str):
         if value.lower() not in ("true", "false"):
             raise ValueError(f"`{name}` must be true or false, got {value!r}")

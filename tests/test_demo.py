@@ -1,0 +1,106 @@
+"""`make demo`'s driver: the quick profile end to end (what `make demo QUICK=1` runs), its report and its caching."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from pipelines.demo import PROFILES, build_stages, main, stage_progress
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("contact_sheet", "preference_accuracy", "samples", "reliability", "before_after", "training_curves")
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "quick"
+    result = subprocess.run([sys.executable, "-m", "pipelines.demo", "--profile", "quick", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def _table_rows(report: str, first_cell: str) -> list[str]:
+    return [line for line in report.splitlines() if line.startswith(f"| {first_cell}")]
+
+
+def test_quick_demo_writes_the_report_with_numbers(quick_demo):
+    out, result = quick_demo
+    report = (out / "report.md").read_text()
+    for heading in ("## Base models", "## Reward models", "## Score distributions", "## Reward tuning",
+                    "## Training curves", "## Stage wall times"):
+        assert heading in report
+    rows = {label: _table_rows(report, label) for label in
+            ("teacher, cold-start SFT", "teacher, GDSO", "**student, RISD**", "baseline: scalar Bradley-Terry",
+             "baseline: student trained", "ceiling: the oracle", "ceiling: one annotator")}
+    for label, lines in rows.items():
+        assert lines, f"no table row for {label}"
+        accuracy = float(lines[0].split("|")[2])
+        assert 0.0 <= accuracy <= 1.0, (label, accuracy)
+    gsb = _table_rows(report, "8 images")[0]
+    net = re.search(r"\*\*([+-]\d\.\d+)\*\*", gsb)
+    assert net and -1.0 <= float(net.group(1)) <= 1.0
+    numbers = json.loads((out / "report.json").read_text())
+    assert set(numbers["accuracy"]) == {"teacher_sft", "teacher_gdso", "student_risd", "bradley_terry", "direct"}
+    assert all(math.isfinite(v) for v in numbers["accuracy"].values())
+    assert numbers["ceiling"]["oracle"] > 0.8  # the oracle agrees with its own panel
+    assert set(numbers["timings"]) == {stage.name for stage in build_stages(out, "quick")}
+    assert "demo summary: teacher SFT" in result.stdout
+
+
+def test_quick_demo_figures_exist_and_are_linked(quick_demo):
+    out, _ = quick_demo
+    report = (out / "report.md").read_text()
+    for name in FIGURES:
+        path = out / "figures" / f"{name}.png"
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 150, name
+            assert len(set(image.convert("L").resize((64, 64)).getdata())) > 8, f"{name} looks blank"
+        assert f"(figures/{name}.png)" in report
+
+
+def test_finished_stages_are_not_run_again(quick_demo):
+    out, _ = quick_demo
+    before = json.loads((out / "timings.json").read_text())
+    stamps = {p: p.stat().st_mtime for p in out.glob("*/metrics.json")}
+    main(["--profile", "quick", "--out", str(out)])
+    assert json.loads((out / "timings.json").read_text()) == before
+    assert {p: p.stat().st_mtime for p in out.glob("*/metrics.json")} == stamps
+
+
+def test_stage_configs_are_written_and_load(tmp_path):
+    from training.config import load_config
+    from training.sft import SFTConfig
+
+    stages = build_stages(tmp_path, "demo")
+    assert [s.name for s in stages][:1] == ["data"] and {s.lane for s in stages} == {"A", "B", "C"}
+    direct = load_config(SFTConfig, tmp_path / "configs" / "direct.yaml")
+    assert direct.reasoning is False and direct.steps == PROFILES["demo"]["direct"]["steps"]
+    assert direct.base == str(tmp_path / "base_student" / "student")
+    base = yaml.safe_load((tmp_path / "configs" / "base_teacher.yaml").read_text())
+    assert list(base["models"]) == ["teacher"] and base["steps"] == PROFILES["demo"]["base_teacher"]["steps"]
+    names = {s.name for s in stages}
+    assert all(set(s.after) <= names for s in stages)
+
+
+def test_bad_profile_and_reused_output_directory_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="profile"):
+        build_stages(tmp_path, "huge")
+    (tmp_path / "profile.txt").write_text("quick\n")
+    with pytest.raises(SystemExit, match="--out"):
+        main(["--profile", "demo", "--out", str(tmp_path)])
+
+
+def test_stage_progress_reads_the_last_progress_bar(tmp_path):
+    log = tmp_path / "stage.log"
+    assert stage_progress(log) is None
+    log.write_text("loading\nteacher:  10%|#   | 12/120 [00:01<00:09]\rteacher:  11%|#   | 13/120 [00:01<00:09]")
+    assert stage_progress(log) == (13, 120)
