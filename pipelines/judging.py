@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--judge", default="oracle", help="oracle or a Z-Reward checkpoint")
     parser.add_argument("--num_prompts", type=int, default=64)
     parser.add_argument("--seeds_per_prompt", type=int, default=2)
+    parser.add_argument("--skip_prompts", type=int, default=0,
+                        help="leave out the first held-out prompts (e.g. the eval_prompts that early stopping saw)")
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--out", default=None, help="write the result JSON here")
@@ -145,7 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
         if lora:
             pipe.load_lora_weights(lora)
         pipes.append(pipe)
-    _, held_out = world_prompts(512, args.num_prompts, seed=0)
+    if args.skip_prompts < 0:
+        raise SystemExit(f"--skip_prompts must be >= 0, got {args.skip_prompts}")
+    _, held_out = world_prompts(512, args.skip_prompts + args.num_prompts, seed=0)
+    held_out = held_out[args.skip_prompts:]
     prompts = [p for p in held_out for _ in range(args.seeds_per_prompt)]
     seeds = list(range(len(prompts)))
     kwargs = dict(num_inference_steps=args.num_inference_steps, height=args.size, width=args.size)
@@ -155,10 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
         from zreward_diffusers import ZRewardLoss
 
         judge = ZRewardLoss.from_pretrained(judge)
-    result = gsb_compare(images_a, images_b, prompts, judge)
+    result = dict(gsb_compare(images_a, images_b, prompts, judge), prompts=prompts, seeds=seeds)
     if args.grid:
         before_after_grid(images_a, images_b, prompts, result["judgements"], args.grid)
-    print(json.dumps({k: v for k, v in result.items() if k != "judgements"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("judgements", "prompts", "seeds")}, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return result

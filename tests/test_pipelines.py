@@ -214,3 +214,16 @@ def test_tiny_generator_trains_saves_and_resumes(tmp_path):
     (tmp_path / "half" / "metrics.json").unlink()
     resumed = train_generator(GeneratorConfig(output_dir=str(tmp_path / "half"), **small))
     assert resumed["unet_final_loss"] == pytest.approx(metrics["unet_final_loss"], rel=1e-4)
+    assert metrics["unet_loss_curve"][-1][0] == small["unet_steps"]  # the curve the demo report plots
+
+    # the GSB command: two saved pipelines, held-out prompts after the skipped (validation) ones, same seeds
+    from pipelines.judging import main as judging_main
+    from pipelines.reward_finetune import world_prompts
+
+    pipeline = str(tmp_path / "full" / "pipeline")
+    result = judging_main(["--a", pipeline, "--b", pipeline, "--num_prompts", "2", "--seeds_per_prompt", "2",
+                           "--skip_prompts", "3", "--num_inference_steps", "2", "--out", str(tmp_path / "gsb.json")])
+    held_out = world_prompts(512, 5, seed=0)[1]
+    assert result["prompts"] == [held_out[3], held_out[3], held_out[4], held_out[4]]
+    assert result["same"] == 1.0  # identical generators, identical seeds: every pair ties
+    assert json.loads((tmp_path / "gsb.json").read_text())["num_judgements"] == 4
