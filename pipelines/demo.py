@@ -121,10 +121,10 @@ def _write_config(path: Path, config) -> Path:
 
 def build_stages(out: Path, profile: str) -> list[Stage]:
     """The demo's stages for `profile`, their configs written under `<out>/configs/`."""
-    from training.scalar_baselines import ScalarConfig
     from training.gdso import GDSOConfig
     from training.pretrain_base import PretrainBaseConfig
     from training.risd import RISDConfig
+    from training.scalar_baselines import ScalarConfig
     from training.sft import SFTConfig
 
     from .reward_finetune import RewardFinetuneConfig
@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "profile.txt"
     if marker.exists() and marker.read_text().strip() != args.profile:
-        raise SystemExit(f"--out {out} holds a `{marker.read_text().strip()}` demo; its finished stages would be reused "
-                         f"as if they were `{args.profile}` ones. Pick another --out, or delete {out}.")
+        held = marker.read_text().strip()
+        raise SystemExit(f"--out {out} holds a `{held}` demo; its finished stages would be reused as if they were "
+                         f"`{args.profile}` ones. Pick another --out, or delete {out}.")
     marker.write_text(args.profile + "\n")
     started = time.perf_counter()
     stages = build_stages(out, args.profile)

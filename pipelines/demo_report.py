@@ -94,7 +94,7 @@ def distribution_table(out: Path) -> str:
         if not report or "nll" not in report.get(DIMENSIONS[0], {}):
             continue
 
-        def mean(getter):
+        def mean(getter, report=report):
             return float(np.mean([getter(report[d]) for d in DIMENSIONS]))
 
         lines.append(f"| {label} | {_fmt(mean(lambda r: r['nll']))} | {_fmt(mean(lambda r: r['emd']))} | "
@@ -313,7 +313,7 @@ excluded, predicted ties count ½ ({settings['eval_groups']} held-out prompt gro
 ## Reward models: held-out pairwise preference accuracy
 {rewards}
 
-{figure("preference_accuracy", "Held-out preference accuracy of each reward model, against chance and the human ceiling.")}
+{figure("preference_accuracy", "Held-out preference accuracy of each reward model, chance and the human ceiling.")}
 ## Score distributions against the panel's histograms (held-out images, mean over dimensions)
 {distribution_table(out)}
 
@@ -322,7 +322,7 @@ excluded, predicted ties count ½ ({settings['eval_groups']} held-out prompt gro
 ## Reward tuning: DRaFT-1 LoRA with the student, judged by the oracle
 {tuning}
 
-{figure("before_after", "Held-out prompts, same seeds: base generator (top) and tuned (bottom), oracle verdict below.")}
+{figure("before_after", "Held-out prompts, same seeds: base (top) and tuned (bottom), the oracle's verdict below.")}
 ## Training curves
 {figure("training_curves", "Training curves of every stage.")}
 ## Stage wall times (this machine, stages in two parallel lanes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,12 @@ def test_stage_progress_reads_the_last_progress_bar(tmp_path):
     assert stage_progress(log) is None
     log.write_text("loading\nteacher:  10%|#   | 12/120 [00:01<00:09]\rteacher:  11%|#   | 13/120 [00:01<00:09]")
     assert stage_progress(log) == (13, 120)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_demo_quick_runs_the_quick_profile():
+    """`make demo QUICK=1` is the command the quick fixture above runs (a dry run of the Makefile)."""
+    quick = subprocess.run(["make", "-n", "demo", "QUICK=1"], cwd=ROOT, capture_output=True, text=True, check=True)
+    full = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "-m pipelines.demo --profile quick --out runs/demo_quick" in quick.stdout.splitlines()[-1]
+    assert "-m pipelines.demo --profile demo --out runs/demo" in full.stdout.splitlines()[-1]

@@ -48,8 +48,11 @@ def test_notebook_is_stored_without_outputs_and_has_parameters(path):
     assert sum("parameters" in cell.metadata.get("tags", []) for cell in code) == 1
 
 
+RUNS = [(name, i) for name, runs in cases(Path(".")).items() for i in range(len(runs))]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name,index", [(name, i) for name, runs in cases(Path(".")).items() for i in range(len(runs))])
+@pytest.mark.parametrize("name,index", RUNS)
 def test_notebook_executes(name, index, tmp_path):
     parameters = cases(tmp_path)[name][index]
     notebook = inject(nbformat.read(NOTEBOOKS / name, as_version=4), parameters)
