@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = dict(gsb_compare(images_a, images_b, prompts, judge), prompts=prompts, seeds=seeds)
     if args.grid:
         before_after_grid(images_a, images_b, prompts, result["judgements"], args.grid)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("judgements", "prompts", "seeds")}, indent=2))
+    shown = {k: v for k, v in result.items() if k not in ("judgements", "prompts", "seeds")}
+    sys.stdout.write(json.dumps(shown, indent=2) + "\n")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return result

@@ -35,6 +35,7 @@ from training.config import parse_args  # noqa: E402
 from training.state import (  # noqa: E402
     has_training_state,
     load_training_state,
+    loss_curve,
     replace_directory,
     save_training_state,
 )
@@ -174,12 +175,6 @@ def train_unet(unet, text_encoder, tokenizer, vae, scheduler, images, prompts, c
     return losses
 
 
-def _curve(losses: list[float], points: int = 200) -> list[list[float]]:
-    """`[step, mean loss]` over about `points` equal windows of the per-step losses (for plots)."""
-    window = max(1, len(losses) // points)
-    return [[start + window, float(np.mean(losses[start:start + window]))] for start in range(0, len(losses), window)]
-
-
 def train_generator(config: GeneratorConfig) -> dict:
     from diffusers import StableDiffusionPipeline
 
@@ -201,7 +196,7 @@ def train_generator(config: GeneratorConfig) -> dict:
     metrics = {"images": len(images), "image_size": config.image_size,
                "seconds": round(time.perf_counter() - started), "vae_final_loss": float(np.mean(vae_losses[-50:])),
                "unet_final_loss": float(np.mean(unet_losses[-50:])),
-               "vae_loss_curve": _curve(vae_losses), "unet_loss_curve": _curve(unet_losses),
+               "vae_loss_curve": loss_curve(vae_losses), "unet_loss_curve": loss_curve(unet_losses),
                "parameters": {"vae": sum(p.numel() for p in vae.parameters()),
                               "unet": sum(p.numel() for p in unet.parameters()),
                               "text_encoder": sum(p.numel() for p in text_encoder.parameters())}}

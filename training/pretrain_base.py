@@ -48,7 +48,7 @@ from zreward_diffusers.testing import tiny_config, tiny_processor
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 from .config import parse_args
-from .state import has_training_state, load_training_state, replace_directory, save_training_state
+from .state import has_training_state, load_training_state, loss_curve, replace_directory, save_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -485,10 +485,8 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
 
         replace_directory(output_dir / name, write)
     accelerator.free_memory(model, optimizer, scheduler)
-    window = max(1, len(losses) // 200)
-    curve = [[i + window, float(np.mean(losses[i:i + window]))] for i in range(0, len(losses), window)]
     metrics = dict(held_out_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.steps,
-                   parameters=num_parameters, loss_curve=curve)
+                   parameters=num_parameters, loss_curve=loss_curve(losses))
     return dict(metrics, losses=losses)
 
 

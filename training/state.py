@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -74,3 +75,13 @@ def load_training_state(directory: Path, model, optimizer, scheduler) -> tuple[i
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     return meta["step"], meta["train_seconds"], meta.get("extra", {})
+
+
+def loss_curve(losses: list[float], points: int = 200) -> list[list[float]]:
+    """`[step, mean loss]` over about `points` equal windows of per-step losses (what metrics files keep for plots).
+
+    >>> loss_curve([4.0, 2.0, 3.0, 1.0], points=2)
+    [[2, 3.0], [4, 2.0]]
+    """
+    window = max(1, len(losses) // points)
+    return [[start + window, float(np.mean(losses[start:start + window]))] for start in range(0, len(losses), window)]
