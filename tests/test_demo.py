@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -111,7 +112,10 @@ def test_stage_progress_reads_the_last_progress_bar(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_demo_quick_runs_the_quick_profile():
     """`make demo QUICK=1` is the command the quick fixture above runs (a dry run of the Makefile)."""
-    quick = subprocess.run(["make", "-n", "demo", "QUICK=1"], cwd=ROOT, capture_output=True, text=True, check=True)
-    full = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "-m pipelines.demo --profile quick --out runs/demo_quick" in quick.stdout.splitlines()[-1]
-    assert "-m pipelines.demo --profile demo --out runs/demo" in full.stdout.splitlines()[-1]
+    def dry_run(*args):
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "QUICK")}
+        return subprocess.run(["make", "--no-print-directory", "-n", "demo", *args], cwd=ROOT, capture_output=True,
+                              text=True, check=True, env=env).stdout
+
+    assert "-m pipelines.demo --profile quick --out runs/demo_quick\n" in dry_run("QUICK=1")
+    assert "-m pipelines.demo --profile demo --out runs/demo\n" in dry_run()
