@@ -295,6 +295,25 @@ class Runner:
                 raise RuntimeError("; ".join(self.failed))
 
 
+def schedule(sequential: bool) -> list[list[str]]:
+    """Groups of lanes run together, in order: lanes A and B side by side (or B, then A), then C."""
+    return [["B"], ["A"], ["C"]] if sequential else [["A", "B"], ["C"]]
+
+
+def validate_schedule(stages: list[Stage], groups: list[list[str]]) -> None:
+    """Raise `ValueError` if a stage waits for one that the schedule runs later (which would never finish)."""
+    group_of = {lane: g for g, lanes in enumerate(groups) for lane in lanes}
+    by_name = {stage.name: stage for stage in stages}
+    order = {stage.name: i for i, stage in enumerate(stages)}
+    for stage in stages:
+        for dependency in stage.after:
+            other = by_name[dependency]
+            later_group = group_of[other.lane] > group_of[stage.lane]
+            later_in_lane = other.lane == stage.lane and order[dependency] > order[stage.name]
+            if later_group or later_in_lane:
+                raise ValueError(f"stage {stage.name!r} waits for {dependency!r}, which the schedule runs after it")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="where every stage, the report and the figures go")
@@ -314,8 +333,9 @@ def main(argv: list[str] | None = None) -> dict:
     marker.write_text(args.profile + "\n")
     started = time.perf_counter()
     stages = build_stages(out, args.profile)
+    lanes = schedule(args.sequential)
+    validate_schedule(stages, lanes)
     runner = Runner(out, stages, threads_per_lane=1)
-    lanes = [["A"], ["B"], ["C"]] if args.sequential else [["A", "B"], ["C"]]
     runner.run(lanes)
     from .demo_report import write_report
 

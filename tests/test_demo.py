@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.demo import PROFILES, build_stages, main, stage_progress
+from pipelines.demo import PROFILES, build_stages, main, schedule, stage_progress, validate_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("contact_sheet", "preference_accuracy", "samples", "reliability", "before_after", "training_curves")
@@ -119,3 +119,11 @@ def test_make_demo_quick_runs_the_quick_profile():
 
     assert "-m pipelines.demo --profile quick --out runs/demo_quick\n" in dry_run("QUICK=1")
     assert "-m pipelines.demo --profile demo --out runs/demo\n" in dry_run()
+
+
+def test_schedules_never_wait_for_a_later_stage(tmp_path):
+    stages = build_stages(tmp_path, "quick")
+    for sequential in (False, True):
+        validate_schedule(stages, schedule(sequential))
+    with pytest.raises(ValueError, match="student_risd"):  # the reward chain needs the student base of lane B
+        validate_schedule(stages, [["A"], ["B"], ["C"]])
