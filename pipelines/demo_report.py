@@ -15,7 +15,15 @@ import numpy as np
 
 from zreward_diffusers.synthetic.world import DIMENSIONS
 
-EVAL_START = 100_000  # the reward trainers' held-out groups (pipelines.demo.EVAL)
+
+def held_out_world():
+    """The world of the reward trainers' held-out groups (`pipelines.demo.EVAL`), and its first group index."""
+    from zreward_diffusers.synthetic.world import SyntheticWorld, WorldConfig
+
+    from .demo import EVAL
+
+    return SyntheticWorld(EVAL["world_seed"], WorldConfig(image_size=EVAL["image_size"])), EVAL["start"]
+
 REWARD_ROWS = (  # (stage, label)
     ("bradley_terry", "baseline: scalar Bradley-Terry (student size)"),
     ("direct", "baseline: student trained on the panel's labels only"),
@@ -134,14 +142,13 @@ def samples_figure(out: Path, path: Path, count: int) -> Path | None:
     import torch
 
     from zreward_diffusers import ZRewardLoss
-    from zreward_diffusers.synthetic.world import SyntheticWorld, WorldConfig
 
     model = out / "student_risd" / "model"
     if not model.exists():
         return None
     loss_fn = ZRewardLoss.from_pretrained(model)
-    world = SyntheticWorld(0, WorldConfig(image_size=56))
-    items = [group.items[i % len(group.items)] for i, group in enumerate(world.groups(count, start=EVAL_START))]
+    world, start = held_out_world()
+    items = [group.items[i % len(group.items)] for i, group in enumerate(world.groups(count, start=start))]
     images = torch.from_numpy(np.stack([item.image for item in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         scores = loss_fn.score(images, [item.prompt for item in items])
@@ -271,13 +278,12 @@ def write_report(out: Path, profile: str, timings: dict, settings: dict) -> dict
     """Write `<out>/report.md` and the figures; returns `{"summary": str, "figures": {...}, "numbers": {...}}`."""
     from zreward_diffusers.evaluation import reliability_diagram
     from zreward_diffusers.synthetic.ceiling import human_ceiling
-    from zreward_diffusers.synthetic.world import SyntheticWorld, WorldConfig
 
     out = Path(out)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    world = SyntheticWorld(0, WorldConfig(image_size=56))
-    ceiling = human_ceiling(world.groups(settings["eval_groups"], start=EVAL_START))
+    world, start = held_out_world()
+    ceiling = human_ceiling(world.groups(settings["eval_groups"], start=start))
     rewards, accuracies = reward_table(out, ceiling)
     tuning, gsb = tuning_table(out)
     paths = {"training_curves": curves_figure(out, figures / "training_curves.png"),
