@@ -58,9 +58,9 @@ PROFILES: dict[str, dict[str, dict]] = {
     "quick": {
         "data": {"n": 64},
         "base_teacher": {"steps": 40, "num_train_images": 512, "num_eval_images": 64, "eval_every": 0,
-                         "warmup_steps": 5},
+                         "warmup_steps": 5, "vision_steps": 10, "vision_num_images": 256},
         "base_student": {"steps": 40, "num_train_images": 512, "num_eval_images": 64, "eval_every": 0,
-                         "warmup_steps": 5},
+                         "warmup_steps": 5, "vision_steps": 10, "vision_num_images": 256},
         "teacher_sft": {"steps": 8, "warmup_steps": 2, "train_data.num_groups": 64,
                         "eval_max_new_tokens": 48, "eval_num_samples": 1},
         "teacher_gdso": {"steps": 2, "groups_per_step": 2, "num_rollouts": 4, "max_new_tokens": 48,
@@ -77,8 +77,9 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "demo": {
         "data": {"n": 1024},
-        "base_teacher": {"steps": 1200, "eval_every": 0},
-        "base_student": {"steps": 1500, "eval_every": 0},
+        # measured (benchmarks/README.md) without the vision stage; it would add ~15 min to the teacher's lane
+        "base_teacher": {"steps": 1200, "eval_every": 0, "vision_steps": 0},
+        "base_student": {"steps": 1500, "eval_every": 0, "vision_steps": 0},
         "teacher_sft": {"steps": 200, "save_every": 100},
         "teacher_gdso": {"steps": 50, "save_every": 25},
         "student_risd": {"steps": 300, "train_data.num_groups": 192},

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,11 @@ from training.pretrain_base import (
     train_step,
     user_messages,
 )
+from training.vision_stage import TARGETS, VisionClassifier, scene_targets
 from zreward_diffusers import ZRewardScorer
+from zreward_diffusers.preprocessing import QwenVLImageTransform
 from zreward_diffusers.synthetic import SyntheticWorld
+from zreward_diffusers.synthetic.grammar import OBJECT_COLOURS, SHAPES
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 TINY_MODELS = {
@@ -37,7 +41,7 @@ def few_step_config(output_dir, **changes) -> PretrainBaseConfig:
     config = PretrainBaseConfig(
         output_dir=str(output_dir), models=TINY_MODELS, num_train_images=32, num_eval_images=8, batch_size=8,
         micro_batch_size=4, min_pixels=56 * 56, steps=4, eval_every=0, save_every=2, log_with=None,
-        weight_decay=0.0, lr=1e-3, warmup_steps=1, lr_scheduler="constant_with_warmup",
+        weight_decay=0.0, lr=1e-3, warmup_steps=1, lr_scheduler="constant_with_warmup", vision_steps=0,
     )
     return dataclasses.replace(config, **changes)
 
@@ -189,3 +193,61 @@ def test_config_loading_builds_nested_dataclasses(tmp_path):
 def test_shipped_tiny_config_is_the_embedded_default():
     config = load_config(PretrainBaseConfig, Path(__file__).parents[1] / "training/configs/pretrain_base_tiny.yaml")
     assert config == PretrainBaseConfig()
+
+
+def test_vision_stage_targets_are_the_true_scene():
+    scenes = [item.scene for item in SyntheticWorld(0).generate(64)]
+    targets = scene_targets(scenes)
+    names = list(TARGETS)
+    assert targets.shape == (64, len(TARGETS))
+    for scene, row in zip(scenes, targets.tolist(), strict=True):
+        assert SHAPES[row[names.index("shape")]] == scene.shape
+        assert OBJECT_COLOURS[row[names.index("colour")]] == scene.colour
+        assert row[names.index("count")] == scene.count
+        assert row[names.index("blur")] == (scene.blur > 0) and row[names.index("crop")] == (scene.crop > 0)
+    for i, (classes, _) in enumerate(TARGETS.values()):
+        assert 0 <= targets[:, i].min() and targets[:, i].max() < classes
+
+
+def test_vision_classifier_pools_each_image_on_its_own(run):
+    config, _ = run
+    processor = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
+    model = build_model(processor.tokenizer, config.models["student"], seed=0)
+    classifier = VisionClassifier(model.model.visual, model.config.text_config.hidden_size).eval()
+    transform = QwenVLImageTransform.from_image_processor(processor.image_processor)
+    images = torch.from_numpy(np.stack([item.image for item in SyntheticWorld(0).generate(3)]))
+    pixels = lambda x: transform(x.permute(0, 3, 1, 2).float() / 255.0)  # noqa: E731
+    together = classifier(**pixels(images))
+    for i in range(3):
+        alone = classifier(**pixels(images[i : i + 1]))
+        for name in TARGETS:
+            torch.testing.assert_close(together[name][i], alone[name][0], rtol=1e-4, atol=1e-5)
+    assert set(dict(classifier.named_parameters())) >= {f"tower.{n}" for n, _ in model.model.visual.named_parameters()}
+
+
+def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path):
+    student = {"student": TINY_MODELS["student"]}
+    changes = dict(models=student, vision_steps=4, vision_num_images=16, vision_batch_size=8, steps=2, save_every=2)
+    full = pretrain(few_step_config(tmp_path / "full", **changes))["student"]
+    vision = full["vision_stage"]
+    vision_losses = lambda result: [loss for _, loss in result["vision_stage"]["loss_curve"]]  # noqa: E731
+    assert len(vision_losses(full)) == 4 and set(vision["probe_accuracy"]) == {"colour", "shape", "count"}
+    assert json.loads((tmp_path / "full" / "metrics.json").read_text())["student"]["vision_stage"]["steps"] == 4
+    # The checkpoint is an ordinary Qwen2-VL: the heads are dropped.
+    processor = AutoProcessor.from_pretrained(tmp_path / "full" / "student")
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "full" / "student")
+    initial = build_model(processor.tokenizer, student["student"], seed=0)
+    assert dict(saved.named_parameters()).keys() == dict(initial.named_parameters()).keys()
+    without = pretrain(few_step_config(tmp_path / "without", models=student, steps=2, save_every=2))["student"]
+    assert "vision_stage" not in without and without["losses"] != full["losses"]  # the tower differs at stage 1
+    # Interrupted after stage-0 step 2 (its state saved, no conversation state yet), then resumed.
+    first = pretrain(few_step_config(tmp_path / "resumed", **dict(changes, vision_steps=2, steps=1)))["student"]
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "student")
+    resumed = pretrain(few_step_config(tmp_path / "resumed", **changes, resume=True))["student"]
+    assert vision_losses(resumed)[:2] == vision_losses(first)
+    torch.testing.assert_close(vision_losses(resumed), vision_losses(full), rtol=0, atol=1e-5)
+    torch.testing.assert_close(resumed["losses"], full["losses"], rtol=0, atol=1e-5)
+    # Resumed once more after the end: neither stage runs again, the stage-0 summary is kept.
+    again = pretrain(few_step_config(tmp_path / "resumed", **changes, resume=True))["student"]
+    assert again["vision_stage"]["probe_accuracy"] == resumed["vision_stage"]["probe_accuracy"]
+    assert again["losses"] == resumed["losses"]

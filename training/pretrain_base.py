@@ -49,6 +49,7 @@ from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 from .config import parse_args
 from .state import has_training_state, load_training_state, loss_curve, replace_directory, save_training_state
+from .vision_stage import train_vision
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class PretrainBaseConfig:
     micro_batch_size: int = field(
         default=8, metadata={"help": "rows per forward pass; rows are sorted by length first, so each pads little"}
     )
-    steps: int = field(default=3000, metadata={"help": "optimizer steps per model"})
+    steps: int = field(default=2500, metadata={"help": "optimizer steps per model (after the vision stage)"})
     eval_every: int = field(default=500, metadata={"help": "steps between held-out evaluations (0: only at the end)"})
     eval_batch_size: int = field(default=64, metadata={"help": "sequences per forward pass in evaluation"})
     save_every: int = field(default=500, metadata={"help": "steps between training-state checkpoints"})
@@ -117,6 +118,15 @@ class PretrainBaseConfig:
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker, or null for none"})
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
+    vision_steps: int = field(
+        default=8000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
+                                     "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
+    )
+    vision_lr: float = field(default=2e-3, metadata={"help": "stage 0: peak AdamW learning rate (`lr_scheduler`)"})
+    vision_batch_size: int = field(default=32, metadata={"help": "stage 0: images per step, over all processes"})
+    vision_num_images: int = field(
+        default=32768, metadata={"help": "stage 0: its own image pool (world groups after the held-out ones)"}
+    )
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -346,32 +356,50 @@ def is_clean(scene: Scene) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model, encoder: Encoder, indices: list[int], scenes: list[Scene], accelerator: Accelerator,
-             batch_size: int) -> dict[str, float]:
-    """Held-out accuracy of naming each attribute in `EVAL_CANDIDATES`: the candidate of highest log-likelihood.
+def name_attributes(model, encoder: Encoder, indices: list[int], batch_size: int, device=None) -> dict[str, list[str]]:
+    """The answer the model gives for each attribute of `EVAL_CANDIDATES` on images `indices` of `encoder.images`:
+    the candidate of highest log-likelihood.
 
     Every candidate is a single token, so its log-likelihood is read from the next-token distribution after the
-    question (one forward pass per image and attribute). `indices` are image indices into `encoder.images`,
-    `scenes` their true scenes; processes split the images. Keys `<attribute>` cover all images,
-    `<attribute>_clean` the undegraded ones (`is_clean`).
+    question (one forward pass per image and attribute).
+    """
+    device = device or next(model.parameters()).device
+    answers = {}
+    for attribute, candidates in EVAL_CANDIDATES.items():
+        question, _ = TASKS[attribute][0]
+        candidate_ids = [encoder.single_token_id(candidate) for candidate in candidates]
+        answers[attribute] = []
+        for start in range(0, len(indices), batch_size):
+            rows = indices[start : start + batch_size]
+            batch = _to(encoder([(i, [(question, None)]) for i in rows]), device)
+            logits = model(**{k: v for k, v in batch.items() if k != "label_weights"}, use_cache=False).logits
+            last = batch["attention_mask"].sum(dim=1) - 1  # the read position of each right-padded row
+            scores = logits[torch.arange(len(rows)), last][:, candidate_ids]  # (B, C); softmax keeps the argmax
+            answers[attribute] += [candidates[p] for p in scores.argmax(dim=1).tolist()]
+    return answers
+
+
+def true_answer(attribute: str, scene: Scene) -> str:
+    """The evaluated answer of `attribute` (a key of `EVAL_CANDIDATES`) for `scene`."""
+    return TASKS[attribute][0][1](scene)
+
+
+@torch.no_grad()
+def evaluate(model, encoder: Encoder, indices: list[int], scenes: list[Scene], accelerator: Accelerator,
+             batch_size: int) -> dict[str, float]:
+    """Held-out accuracy of naming each attribute in `EVAL_CANDIDATES` (`name_attributes`).
+
+    `indices` are image indices into `encoder.images`, `scenes` their true scenes; processes split the images. Keys
+    `<attribute>` cover all images, `<attribute>_clean` the undegraded ones (`is_clean`).
     """
     model.eval()
     local = list(range(accelerator.process_index, len(indices), accelerator.num_processes))
     clean = torch.tensor([is_clean(scenes[i]) for i in local], dtype=torch.bool)
+    answers = name_attributes(model, encoder, [indices[i] for i in local], batch_size, accelerator.device)
     accuracies = {}
-    for attribute, candidates in EVAL_CANDIDATES.items():
-        question, answer = TASKS[attribute][0]
-        candidate_ids = [encoder.single_token_id(candidate) for candidate in candidates]
-        correct = []
-        for start in range(0, len(local), batch_size):
-            rows = local[start : start + batch_size]
-            batch = _to(encoder([(indices[i], [(question, None)]) for i in rows]), accelerator.device)
-            logits = model(**{k: v for k, v in batch.items() if k != "label_weights"}, use_cache=False).logits
-            last = batch["attention_mask"].sum(dim=1) - 1  # the read position of each right-padded row
-            scores = logits[torch.arange(len(rows)), last][:, candidate_ids]  # (B, C); softmax keeps the argmax
-            correct += [candidates[p] == answer(scenes[i]) for p, i in zip(scores.argmax(dim=1).tolist(), rows,
-                                                                              strict=True)]
-        correct = torch.tensor(correct, dtype=torch.bool)
+    for attribute in EVAL_CANDIDATES:
+        correct = torch.tensor([answer == true_answer(attribute, scenes[i])
+                                for answer, i in zip(answers[attribute], local, strict=True)], dtype=torch.bool)
         counts = torch.tensor([correct.sum(), len(local), correct[clean].sum(), clean.sum()])
         counts = accelerator.reduce(counts.to(accelerator.device), "sum").tolist()
         accuracies[attribute] = counts[0] / counts[1]
@@ -424,17 +452,31 @@ def build_model(tokenizer, overrides: dict, seed: int):
 
 # ------------------------------------------------------------------------------------------------ training
 def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelerator: Accelerator, processor,
-                encoder: Encoder, train_items, eval_indices: list[int], eval_scenes: list[Scene]) -> dict:
+                encoder: Encoder, train_items, eval_indices: list[int], eval_scenes: list[Scene],
+                vision_pool: tuple[torch.Tensor, list[Scene]] | None = None) -> dict:
     """Train one base model, save it to `<output_dir>/<name>`; returns its metrics and its step losses (all steps,
     resumed runs included; `metrics.json` keeps a `loss_curve` of window means for plots).
 
     `train_seconds` is the wall-clock time of the training loop, held-out evaluations and checkpoints included
-    (summed over resumed runs).
+    (summed over resumed runs). With `config.vision_steps`, stage 0 (`training.vision_stage`) first trains the
+    vision tower on `vision_pool` (images, scenes); a run resumed after stage 0 finished does not repeat it (the
+    conversation stage's state holds the whole model).
     """
     output_dir = Path(config.output_dir)
     state_dir = output_dir / "checkpoints" / name
     model = build_model(processor.tokenizer, overrides, config.seed)
     num_parameters = sum(p.numel() for p in model.parameters())
+    vision = None
+    if config.vision_steps and not (config.resume and has_training_state(state_dir)):
+        eval_images = encoder.images[eval_indices]
+        vision = train_vision(model, name, config, accelerator, encoder.transform, *vision_pool, eval_images,
+                              eval_scenes, output_dir / "checkpoints" / f"{name}-vision")
+    elif config.vision_steps:
+        vision = json.loads((output_dir / "checkpoints" / f"{name}-vision.json").read_text())
+    if vision is not None and accelerator.is_main_process:  # kept for the metrics of a resumed run
+        summary = {key: value for key, value in vision.items() if key != "losses"}
+        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (output_dir / "checkpoints" / f"{name}-vision.json").write_text(json.dumps(summary))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.steps)
@@ -487,6 +529,8 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
     accelerator.free_memory(model, optimizer, scheduler)
     metrics = dict(held_out_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.steps,
                    parameters=num_parameters, loss_curve=loss_curve(losses))
+    if vision is not None:
+        metrics["vision_stage"] = {key: value for key, value in vision.items() if key != "losses"}
     return dict(metrics, losses=losses)
 
 
@@ -507,6 +551,14 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     eval_indices = list(range(len(train_items), len(images)))
     eval_scenes = [item.scene for item in eval_items]
 
+    vision_pool = None
+    if config.vision_steps:  # stage 0's own images: world groups after the held-out ones
+        start = num_train_groups + num_eval_groups
+        pool = [item for group in world.groups(math.ceil(config.vision_num_images / group_size), start=start)
+                for item in group.items][: config.vision_num_images]
+        vision_pool = (torch.from_numpy(np.stack([item.image for item in pool])), [item.scene for item in pool])
+        data_seconds = time.perf_counter() - started
+
     processor = build_processor(build_tokenizer(train_items, config.vocab_size), config)
     encoder = Encoder(processor, images)
     logger.info("world: %d training and %d held-out images in %.1f s; vocabulary %d", len(train_items),
@@ -519,7 +571,7 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     metrics_path = Path(config.output_dir) / METRICS_FILE
     for name, overrides in config.models.items():
         results[name] = train_model(name, overrides, config, accelerator, processor, encoder, train_items,
-                                    eval_indices, eval_scenes)
+                                    eval_indices, eval_scenes, vision_pool)
         if accelerator.is_main_process:
             metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
             metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}

@@ -1,0 +1,87 @@
+"""Where the world's base VLMs name colour, shape and count right, by image condition.
+
+    python benchmarks/base_models.py --models runs/base/teacher runs/base/student --num_images 1024
+
+Held-out images come from world groups far from every pretraining pool (`--start_group`, default 20,000); each model
+names the attribute by the highest-likelihood candidate (`training.pretrain_base.name_attributes`, the metric of
+`pretrain_base`). Prints a markdown table and writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.pretrain_base import EVAL_CANDIDATES, Encoder, is_clean, name_attributes, true_answer  # noqa: E402
+from zreward_diffusers.synthetic import SyntheticWorld  # noqa: E402
+
+ATTRIBUTES = ("colour", "shape", "count")
+# Image conditions (a scene can be in several); "heavy": blur sigma > 1.5 px or JPEG quality below 13.
+CONDITIONS = {
+    "all": lambda s: True,
+    "clean": is_clean,
+    "blur": lambda s: s.blur > 0,
+    "noise": lambda s: s.noise > 0,
+    "compression": lambda s: s.compression > 0,
+    "cast": lambda s: s.cast_strength > 0,
+    "crop": lambda s: s.crop > 0,
+    "overlap": lambda s: s.overlap,
+    "heavy blur or JPEG": lambda s: s.blur > 1.5 or s.compression > 0.75,
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["runs/base/teacher", "runs/base/student"])
+    parser.add_argument("--num_images", type=int, default=1024)
+    parser.add_argument("--start_group", type=int, default=20_000)
+    parser.add_argument("--world_seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--out", default="runs/benchmarks/base_models.json")
+    args = parser.parse_args(argv)
+    if args.num_images < 1:
+        parser.error(f"--num_images must be positive, got {args.num_images}")
+
+    world = SyntheticWorld(args.world_seed)
+    groups = world.groups(-(-args.num_images // world.config.group_size), start=args.start_group)
+    items = [item for group in groups for item in group.items][: args.num_images]
+    scenes = [item.scene for item in items]
+    images = torch.from_numpy(np.stack([item.image for item in items]))
+    results = {}
+    for path in args.models:
+        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path).eval()
+        answers = name_attributes(model, Encoder(processor, images), list(range(len(items))), args.batch_size)
+        table = {}
+        for condition, test in CONDITIONS.items():
+            chosen = [i for i, scene in enumerate(scenes) if test(scene)]
+            row = {"images": len(chosen)}
+            for attribute in EVAL_CANDIDATES:
+                right = [answers[attribute][i] == true_answer(attribute, scenes[i]) for i in chosen]
+                row[attribute] = float(np.mean(right)) if right else None
+            table[condition] = row
+        results[path] = table
+
+    lines = []
+    for path, table in results.items():
+        lines += [f"\n{path}\n", "| condition | images | " + " | ".join(ATTRIBUTES) + " |",
+                  "|---|---:|" + "---:|" * len(ATTRIBUTES)]
+        for condition, row in table.items():
+            cells = " | ".join("–" if row[a] is None else f"{row[a]:.3f}" for a in ATTRIBUTES)
+            lines.append(f"| {condition} | {row['images']} | {cells} |")
+    print("\n".join(lines))  # noqa: T201 (a benchmark script's report)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
