@@ -8,7 +8,9 @@ are written from the image's true scene: several short questions (object colour,
 colour, sun side, shadow direction, floating objects, degradations), or one long answer ("What is in the image?",
 "Describe the image." → `describe(scene)`, and the rubric's own questions answered with the description — never
 with a score: scores are learned later). The loss is the language-model loss on the answer tokens only, each
-answer's mean token loss weighing the same.
+answer's mean token loss weighing the same. Before that, with `vision_steps` > 0 (the shipped config), stage 0
+(`training.vision_stage`) trains each model's vision tower alone to classify the scene's attributes, as real VLMs
+start from a pretrained vision encoder; its classification heads are not part of the saved model.
 
 Each model is saved as an ordinary Hugging Face checkpoint (`<output_dir>/<name>`: safetensors weights, config,
 processor with tokenizer and chat template), which every later stage loads exactly as a downloaded one:
