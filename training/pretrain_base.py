@@ -477,8 +477,10 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
         vision = json.loads((output_dir / "checkpoints" / f"{name}-vision.json").read_text())
     if vision is not None and accelerator.is_main_process:  # kept for the metrics of a resumed run
         summary = {key: value for key, value in vision.items() if key != "losses"}
-        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (output_dir / "checkpoints" / f"{name}-vision.json").write_text(json.dumps(summary))
+        path = output_dir / "checkpoints" / f"{name}-vision.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps(summary))
+        path.with_suffix(".tmp").replace(path)  # atomic
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.steps)
