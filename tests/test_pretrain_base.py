@@ -2,12 +2,16 @@
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from accelerate import Accelerator
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -251,3 +255,25 @@ def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path):
     again = pretrain(few_step_config(tmp_path / "resumed", **changes, resume=True))["student"]
     assert again["vision_stage"]["probe_accuracy"] == resumed["vision_stage"]["probe_accuracy"]
     assert again["losses"] == resumed["losses"]
+
+
+def _launch(config: PretrainBaseConfig, processes: int) -> dict:
+    repo = Path(__file__).resolve().parents[1]
+    path = Path(config.output_dir).with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+               "training.pretrain_base", "--config", str(path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo))
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((Path(config.output_dir) / "metrics.json").read_text())
+
+
+def test_vision_stage_two_processes_match_one(tmp_path):
+    changes = dict(models={"student": TINY_MODELS["student"]}, vision_steps=3, vision_num_images=16,
+                   vision_batch_size=8, steps=1, save_every=1)
+    one = _launch(few_step_config(tmp_path / "one", **changes), 1)["student"]["vision_stage"]
+    two = _launch(few_step_config(tmp_path / "two", **changes), 2)["student"]["vision_stage"]
+    np.testing.assert_allclose([v for _, v in two["loss_curve"]], [v for _, v in one["loss_curve"]], rtol=1e-4)
+    assert two["probe_accuracy"] == pytest.approx(one["probe_accuracy"])
