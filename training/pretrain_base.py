@@ -40,7 +40,7 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor, get_scheduler
+from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor
 
 from zreward_diffusers.preprocessing import QwenVLImageTransform
 from zreward_diffusers.rubric import Rubric
@@ -50,7 +50,7 @@ from zreward_diffusers.testing import tiny_config, tiny_processor
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 from .config import parse_args
-from .state import has_training_state, load_training_state, loss_curve, replace_directory, save_training_state
+from .state import has_training_state, loss_curve, replace_directory, save_training_state, start_or_resume
 from .vision_stage import train_vision
 
 logger = logging.getLogger(__name__)
@@ -481,15 +481,10 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".tmp").write_text(json.dumps(summary))
         path.with_suffix(".tmp").replace(path)  # atomic
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
-                              num_training_steps=config.steps)
-    start_step, train_seconds, extra = 0, 0.0, {}
-    if config.resume and has_training_state(state_dir):
-        start_step, train_seconds, extra = load_training_state(state_dir, model, optimizer, scheduler)
+    model, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
+        model, config.lr, config.steps, config, accelerator, state_dir)
+    if start_step:
         logger.info("%s: resumed from step %d", name, start_step)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    model.train()
 
     rank, world = accelerator.process_index, accelerator.num_processes
     losses, accuracy = list(extra.get("losses", [])), {}

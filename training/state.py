@@ -77,6 +77,25 @@ def load_training_state(directory: Path, model, optimizer, scheduler) -> tuple[i
     return meta["step"], meta["train_seconds"], meta.get("extra", {})
 
 
+def start_or_resume(module, lr: float, steps: int, config, accelerator, state_dir: Path):
+    """AdamW on `module` (weight decay `config.weight_decay`) and `config.lr_scheduler` with `config.warmup_steps`
+    over `steps`; restored from `state_dir` when `config.resume` and a state is there; then `accelerator.prepare`d.
+
+    Returns `(module, optimizer, scheduler, start_step, train_seconds, extra)`.
+    """
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=steps)
+    start_step, train_seconds, extra = 0, 0.0, {}
+    if config.resume and has_training_state(state_dir):
+        start_step, train_seconds, extra = load_training_state(state_dir, module, optimizer, scheduler)
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    module.train()
+    return module, optimizer, scheduler, start_step, train_seconds, extra
+
+
 def loss_curve(losses: list[float], points: int = 200) -> list[list[float]]:
     """`[step, mean loss]` over about `points` equal windows of per-step losses (what metrics files keep for plots).
 

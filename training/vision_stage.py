@@ -25,13 +25,12 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from zreward_diffusers.preprocessing import QwenVLImageTransform
 from zreward_diffusers.synthetic import Scene
 from zreward_diffusers.synthetic.grammar import BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES
 
-from .state import has_training_state, load_training_state, loss_curve, save_training_state
+from .state import loss_curve, save_training_state, start_or_resume
 
 logger = logging.getLogger(__name__)
 
@@ -126,15 +125,10 @@ def train_vision(model, name: str, config, accelerator: Accelerator, transform: 
         torch.manual_seed(config.seed)
         for head in classifier.heads.values():
             head.reset_parameters()
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=config.vision_lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
-                              num_training_steps=config.vision_steps)
-    start_step, train_seconds, extra = 0, 0.0, {}
-    if config.resume and has_training_state(state_dir):
-        start_step, train_seconds, extra = load_training_state(state_dir, classifier, optimizer, scheduler)
+    prepared, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
+        classifier, config.vision_lr, config.vision_steps, config, accelerator, state_dir)
+    if start_step:
         logger.info("%s vision stage: resumed from step %d", name, start_step)
-    prepared, optimizer, scheduler = accelerator.prepare(classifier, optimizer, scheduler)
-    prepared.train()
     targets = scene_targets(scenes)
     rank, world = accelerator.process_index, accelerator.num_processes
     losses = list(extra.get("losses", []))
