@@ -55,8 +55,13 @@ def _output(rollout, latents, index, cond, use_checkpoint: bool) -> torch.Tensor
 
 def sample(rollout, prompts: list[str], num_steps: int, method: str = "draft", k: int = 1, lv_samples: int = 2,
            refl_last_steps: int = 10, generator: torch.Generator | None = None, rng: np.random.Generator | None = None,
-           use_checkpoint: bool = False, velocity_l2: bool = False) -> Sample:
-    """Sample images for `prompts` with the method's gradient path; see the module docstring."""
+           use_checkpoint: bool = False, velocity_l2: bool = False, shard: tuple[int, int] | None = None) -> Sample:
+    """Sample images for `prompts` with the method's gradient path; see the module docstring.
+
+    `shard = (offset, total)`: `prompts` are prompts `offset, …` of a batch of `total` split over processes. The
+    noise is then drawn for the whole batch with `generator` and this shard's rows kept, so processes that share
+    `generator`'s seed and `rng` draw together exactly what one process would draw for the whole batch.
+    """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     if num_steps < 1:
@@ -67,10 +72,15 @@ def sample(rollout, prompts: list[str], num_steps: int, method: str = "draft", k
         raise ValueError(f"`lv_samples` must be at least 1, got {lv_samples}")
     if method == "refl" and not 1 <= refl_last_steps <= num_steps:
         raise ValueError(f"`refl_last_steps` must lie in [1, num_steps={num_steps}], got {refl_last_steps}")
+    offset, total = shard if shard is not None else (0, len(prompts))
+    if not (0 <= offset and offset + len(prompts) <= total):
+        raise ValueError(f"`shard` {shard} does not hold the {len(prompts)} prompts (need 0 <= offset, "
+                         "offset + len(prompts) <= total)")
+    rows = slice(offset, offset + len(prompts))
     rng = rng if rng is not None else np.random.default_rng()
     rollout.set_timesteps(num_steps)
     cond = rollout.encode(prompts)
-    latents = rollout.initial_latents(len(prompts), generator)
+    latents = rollout.initial_latents(total, generator)[rows]
     if method == "draft":
         first_grad = num_steps - k
     elif method == "alignprop":
@@ -101,7 +111,9 @@ def sample(rollout, prompts: list[str], num_steps: int, method: str = "draft", k
         repeated_cond = {key: _repeat(value, lv_samples, rollout.cfg) if key in BATCH_MAJOR else value
                          for key, value in cond.items()}
         clean = clean.repeat(lv_samples, *([1] * (clean.dim() - 1)))
-        noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        # noise rows are (repeat, prompt) of the whole batch: keep this shard's prompts of each repeat
+        noise = torch.randn((lv_samples, total, *clean.shape[1:]), generator=generator, device=clean.device,
+                            dtype=clean.dtype)[:, rows].flatten(0, 1)
         noisy = rollout.noise_to(clean, noise, last)
         output = rollout.model_output(noisy, last, repeated_cond)
         grad_steps.append(last)

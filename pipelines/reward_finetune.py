@@ -66,7 +66,14 @@ class RewardFinetuneConfig:
     prompts: str = field(default="synthetic", metadata={"help": "synthetic (the world's grammar) or a text file"})
     num_prompts: int = field(default=512, metadata={"help": "training prompts drawn from the world"})
     eval_prompts: int = field(default=32, metadata={"help": "held-out prompts for the judge"})
-    batch_size: int = field(default=4, metadata={"help": "prompts per step per process"})
+    eval_batch_size: int | None = field(
+        default=None, metadata={"help": "prompts per evaluation batch (each batch's noise has its own seed); "
+                                        "default: batch_size"}
+    )
+    batch_size: int = field(
+        default=4, metadata={"help": "prompts per step per process (N processes: N x batch_size per step; the "
+                                     "run equals one process with N x batch_size)"}
+    )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
     lora_targets: list = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata={"help": "LoRA modules"})
@@ -150,6 +157,10 @@ class RewardFinetuner:
             config.log_with = None
         if config.judge not in ("oracle", "none"):
             raise ValueError(f"`judge` must be oracle or none, got {config.judge!r}")
+        for name in ("batch_size", "eval_batch_size"):
+            value = getattr(config, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {value}")
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir,
@@ -189,22 +200,30 @@ class RewardFinetuner:
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, self.optimizer)
 
     def generator(self, step: int, stream: int = 0) -> torch.Generator:
-        rank = self.accelerator.process_index
-        seed = int(np.random.SeedSequence([self.config.seed, step, stream, rank]).generate_state(1)[0])
+        """The noise of step `step` (`stream` 0: training, 7: evaluation), the same on every process: each keeps
+        its shard of what is drawn for the whole batch (`pipelines.methods.sample`'s `shard`)."""
+        seed = int(np.random.SeedSequence([self.config.seed, step, stream, 0]).generate_state(1)[0])
         return torch.Generator(device="cpu").manual_seed(seed)
 
     def step_prompts(self, step: int) -> list[str]:
-        rng = np.random.default_rng([self.config.seed, step, self.accelerator.process_index])
-        return [self.train_prompts[i] for i in rng.integers(len(self.train_prompts), size=self.config.batch_size)]
+        """This process's `batch_size` prompts of step `step`: its slice of the step's `batch_size * processes`
+        prompts, drawn from `(seed, step)` alone."""
+        rank, world, size = self.accelerator.process_index, self.accelerator.num_processes, self.config.batch_size
+        rng = np.random.default_rng([self.config.seed, step, 0])
+        drawn = rng.integers(len(self.train_prompts), size=size * world)[rank * size:(rank + 1) * size]
+        return [self.train_prompts[i] for i in drawn]
 
     def training_step(self, step: int) -> dict[str, float]:
-        config = self.config
+        """One step on this process's prompts; the logged values are over the whole batch (all processes), except
+        `diversity`, the mean over processes of each one's batch diversity."""
+        config, accelerator = self.config, self.accelerator
         prompts = self.step_prompts(step)
         rng = np.random.default_rng([config.seed, step, 1])
+        shard = (accelerator.process_index * len(prompts), accelerator.num_processes * len(prompts))
         result = sample(self.rollout, prompts, config.num_inference_steps, config.method, config.k,
                         config.lv_samples, config.refl_last_steps, self.generator(step), rng,
                         use_checkpoint=config.gradient_checkpointing,
-                        velocity_l2=config.velocity_l2_weight > 0)
+                        velocity_l2=config.velocity_l2_weight > 0, shard=shard)
         image_prompts = [prompts[i] for i in result.prompt_index]
         reward_device = next(self.reward.scorer.model.parameters()).device
         reward, scores = self.reward.reward_with_scores(result.images.to(reward_device), image_prompts)
@@ -212,27 +231,48 @@ class RewardFinetuner:
         if result.velocity_l2 is not None:
             loss = loss + config.velocity_l2_weight * result.velocity_l2
         self.accelerator.backward(loss)
+        self.average_gradients()
         grad_norm = self.accelerator.clip_grad_norm_(self.parameters, config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        logs = {"loss": float(loss.detach()), "reward_mean": float(reward.detach().mean()),
-                "reward_std": float(reward.detach().std()) if len(reward) > 1 else 0.0,
-                "expected_score": float(scores.expected.detach().mean()),
-                "reward_model_std": float(scores.std.detach().mean()),
-                "diversity": float(diversity(result.images)), "saturation": float(saturation(result.images)),
-                "grad_norm": float(grad_norm)}
+        device = accelerator.device
+        rewards = accelerator.gather(reward.detach().float().to(device))
+        means = torch.stack([value.detach().float().to(device) for value in (
+            loss, scores.expected.mean(), scores.std.mean(), diversity(result.images), saturation(result.images))])
+        means = accelerator.reduce(means, "mean")  # equal shards: the mean of the processes' means
+        logs = {"loss": float(means[0]), "reward_mean": float(rewards.mean()),
+                "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+                "expected_score": float(means[1]), "reward_model_std": float(means[2]),
+                "diversity": float(means[3]), "saturation": float(means[4]), "grad_norm": float(grad_norm)}
         if result.velocity_l2 is not None:
-            logs["velocity_l2"] = float(result.velocity_l2.detach())
+            logs["velocity_l2"] = float(accelerator.reduce(result.velocity_l2.detach(), "mean"))
         return logs
 
     @torch.no_grad()
+    def average_gradients(self) -> None:
+        """Average the LoRA gradients over processes (one all-reduce).
+
+        The rollout calls the pipeline's own denoiser, not the DDP wrapper `accelerator.prepare` returns (the
+        pipelines' sampling code reads the module's attributes), so DDP's backward hooks never synchronise; this
+        does. With equal shards, the average of the processes' mean-loss gradients is the whole batch's."""
+        if self.accelerator.num_processes == 1:
+            return
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), "mean")
+        for g, value in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(value.view_as(g))
+
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out prompts, fixed seeds: the reward's μ and the judge's score of the generated images."""
+        """Held-out prompts, fixed seeds: the reward's μ and the judge's score of the generated images.
+
+        Every process evaluates every prompt with the same seeds, so all reach the same early-stopping decision."""
         config = self.config
         images, prompts = [], []
-        for start in range(0, len(self.eval_prompts), config.batch_size):
-            chunk = self.eval_prompts[start:start + config.batch_size]
+        eval_batch_size = config.eval_batch_size or config.batch_size
+        for start in range(0, len(self.eval_prompts), eval_batch_size):
+            chunk = self.eval_prompts[start:start + eval_batch_size]
             out = sample(self.rollout, chunk, config.num_inference_steps, "draft", k=1,
                          generator=self.generator(10**9 + start, 7), rng=np.random.default_rng(0))
             images.append(out.images.detach())

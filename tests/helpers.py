@@ -1,6 +1,11 @@
-"""Shared helpers of the tests: sharpened tiny scorers and smooth random images."""
+"""Shared helpers of the tests: sharpened tiny scorers, smooth random images, `accelerate launch` on CPU processes."""
 
 import functools
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -30,3 +35,26 @@ def random_images(batch_size: int, height: int, width: int, seed: int = 0) -> to
     low = torch.rand(batch_size, 3, max(2, height // 8), max(2, width // 8), generator=generator)
     up = torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
     return up * 2 - 1
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch_cpu(args: list[str], num_processes: int, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `args` (a script or `-m module` and its arguments) on `num_processes` CPU processes
+    (gloo), from the repository root; fails the test on a non-zero exit.
+
+    `accelerate launch --cpu --num_processes 2` starts one process (its single-process launcher ignores the
+    count): several CPU processes need the multi-process launcher with `ACCELERATE_USE_CPU` set, which makes each
+    process's `Accelerator` a `MULTI_CPU` one (`test_launch_cpu_starts_that_many_processes` checks it).
+    """
+    with socket.socket() as probe:  # a free rendezvous port: runs one after another may not reuse one at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = ["--multi_gpu", "--main_process_port", str(port)] if num_processes > 1 else ["--cpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(num_processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result

@@ -6,7 +6,7 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import random_images
+from helpers import launch_cpu, random_images
 
 from zreward_diffusers import ZRewardLoss
 from zreward_diffusers.testing import build_tiny_scorer
@@ -51,3 +51,23 @@ def test_running_stats_are_reduced_over_processes(tmp_path):
     # rank 0's loss uses the global statistics on its own half of the batch
     loss_fn.update_running_stats = False
     torch.testing.assert_close(distributed["loss"], loss_fn(images[:2], PROMPTS[:2]), atol=1e-6, rtol=1e-5)
+
+
+def test_launch_cpu_starts_that_many_processes(tmp_path):
+    # the 2-process tests of the training entry points (test_pretrain_base, test_training_teacher) rely on it
+    script = tmp_path / "report.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\nfrom accelerate import Accelerator\n"
+        "accelerator = Accelerator()\n"
+        "Path(sys.argv[1], f'rank{accelerator.process_index}').write_text("
+        "f'{accelerator.num_processes} {accelerator.distributed_type.value} {accelerator.device.type}')\n"
+        "accelerator.wait_for_everyone()\n"
+    )
+    for processes in (1, 2):
+        out = tmp_path / str(processes)
+        out.mkdir()
+        launch_cpu([str(script), str(out)], processes)
+        expected = f"{processes} {'MULTI_CPU' if processes > 1 else 'NO'} cpu"
+        assert {path.name: path.read_text() for path in out.iterdir()} == {
+            f"rank{rank}": expected for rank in range(processes)
+        }

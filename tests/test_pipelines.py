@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import launch_cpu
 
 from pipelines.attention import configure_attention
 from pipelines.lora import add_lora, denoiser_of, diversity, saturation, save_lora
@@ -117,9 +118,9 @@ def test_attention_falls_back_to_sdpa_on_cpu():
     assert processors == {"AttnProcessor2_0"}
 
 
-def _finetune_args(out, steps, *extra):
+def _finetune_args(out, steps, *extra, batch_size=2):
     return ["--pretrained", "tiny:sd15", "--reward", "tiny", "--steps", str(steps), "--num_inference_steps", "3",
-            "--batch_size", "2", "--eval_prompts", "2", "--num_prompts", "8", "--output_dir", str(out),
+            "--batch_size", str(batch_size), "--eval_prompts", "2", "--num_prompts", "8", "--output_dir", str(out),
             "--log_with", "none", "--save_every", "1", "--lr", "1e-3", *extra]
 
 
@@ -139,6 +140,20 @@ def test_reward_finetune_runs_saves_and_resumes(tmp_path):
     pipe = build_tiny_pipeline("sd15")
     pipe.load_lora_weights(str(tmp_path / "full" / "lora"))
     assert any("lora" in n for n, _ in pipe.unet.named_parameters())
+
+
+def test_reward_finetune_two_processes_match_one(tmp_path):
+    # batch_size is per process: 2 processes of 1 prompt draw what 1 process of 2 does (prompts and noise)
+    runs = {}
+    for processes in (1, 2):
+        args = _finetune_args(tmp_path / str(processes), 2, "--eval_batch_size", "2", batch_size=2 // processes)
+        launch_cpu(["-m", "pipelines.reward_finetune", *args], processes)
+        runs[processes] = json.loads((tmp_path / str(processes) / "metrics.json").read_text())
+    for key in ("reward_mean", "reward_std", "loss", "expected_score", "saturation", "grad_norm"):
+        np.testing.assert_allclose([h[key] for h in runs[2]["history"]], [h[key] for h in runs[1]["history"]],
+                                   rtol=1e-4, atol=1e-4, err_msg=key)  # the normalised reward's mean is ~1e-5
+    judged = [run["evaluations"][-1]["eval_judge_score"] for run in (runs[1], runs[2])]
+    assert judged[1] == pytest.approx(judged[0])
 
 
 # ------------------------------------------------------------------------------------------------ judging, rewards

@@ -2,10 +2,7 @@
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from helpers import launch_cpu
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -258,15 +256,9 @@ def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path):
 
 
 def _launch(config: PretrainBaseConfig, processes: int) -> dict:
-    repo = Path(__file__).resolve().parents[1]
     path = Path(config.output_dir).with_suffix(".yaml")
     path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
-               "training.pretrain_base", "--config", str(path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo))
-    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch_cpu(["-m", "training.pretrain_base", "--config", str(path)], processes)
     return json.loads((Path(config.output_dir) / "metrics.json").read_text())
 
 
@@ -277,3 +269,17 @@ def test_vision_stage_two_processes_match_one(tmp_path):
     two = _launch(few_step_config(tmp_path / "two", **changes), 2)["student"]["vision_stage"]
     np.testing.assert_allclose([v for _, v in two["loss_curve"]], [v for _, v in one["loss_curve"]], rtol=1e-4)
     assert two["probe_accuracy"] == pytest.approx(one["probe_accuracy"])
+
+
+def test_conversation_stage_two_processes_match_one(tmp_path):
+    # rows hold 1 (asked alone) or `questions_per_image` answers, so the two processes' shares differ in size: the
+    # step's loss and gradient must still be the mean over all its answers
+    changes = dict(models={"student": TINY_MODELS["student"]}, steps=3, save_every=3)
+    one = _launch(few_step_config(tmp_path / "one", **changes), 1)["student"]
+    two = _launch(few_step_config(tmp_path / "two", **changes), 2)["student"]
+    np.testing.assert_allclose([v for _, v in two["loss_curve"]], [v for _, v in one["loss_curve"]], rtol=1e-4)
+    assert two["held_out_accuracy"] == pytest.approx(one["held_out_accuracy"])
+    weights = [AutoModelForImageTextToText.from_pretrained(tmp_path / run / "student").state_dict()
+               for run in ("one", "two")]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-3, atol=1e-5, msg=name)

@@ -1,11 +1,14 @@
 """The RISD student and the OPD baseline on tiny models: the teacher cache (hit, miss, resume, fingerprint), the RISD
 loss against values recomputed from the scorer, every parameter moving, and export → load → the same scores."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from helpers import launch_cpu
 
 import training.teacher_cache as teacher_cache
 from training.data import load_split
@@ -153,6 +156,35 @@ def test_risd_trains_every_parameter_and_exports_the_same_scores(models, tmp_pat
     torch.testing.assert_close(loaded.probs.reshape(-1, 9), out.score_log_probs.exp(), atol=2e-5, rtol=1e-4)
 
 
+def opd_config(models, tmp_path, **changes):
+    teacher, student = models
+    config = dict(base=student, teacher=teacher, output_dir=str(tmp_path / "out"), estimator="sampled",
+                  batch_size=6, num_samples=2, dimensions=list(DIMENSIONS), lr=1e-3,
+                  warmup_steps=0, log_with=None, save_every=100, steps=2, **DATA)
+    config.update(changes)
+    return OPDConfig(**config)
+
+
+@pytest.mark.parametrize("module,make_config,keys", [
+    ("training.risd", risd_config, ("loss", "distill", "gap", "human")),
+    ("training.opd", opd_config, ("loss", "reverse_kl")),
+])
+def test_two_processes_match_one(models, tmp_path, module, make_config, keys):
+    # RISD: the teacher cache is built from both processes' share of the chunks, then each step's groups are split;
+    # OPD: each process samples its share of the step's units with per-unit seeds
+    runs = {}
+    for processes in (1, 2):
+        config = make_config(models, tmp_path / str(processes), steps=3)
+        path = tmp_path / f"{processes}.yaml"
+        path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+        launch_cpu(["-m", module, "--config", str(path)], processes)
+        runs[processes] = json.loads((tmp_path / str(processes) / "out" / "metrics.json").read_text())
+    for key in keys:
+        np.testing.assert_allclose([h[key] for h in runs[2]["history"]], [h[key] for h in runs[1]["history"]],
+                                   rtol=1e-4, atol=1e-6, err_msg=key)
+    assert runs[2]["preference_accuracy"] == pytest.approx(runs[1]["preference_accuracy"])
+
+
 def test_risd_rejects_bad_settings(models, tmp_path):
     with pytest.raises(ValueError, match="num_samples"):
         RISDTrainer(risd_config(models, tmp_path, num_samples=0))
@@ -211,3 +243,24 @@ def test_clip_student_distils_and_loads_through_zreward_loss(models, tmp_path):
                                loss.scorer(images.detach() / 2 + 0.5, ["a", "b"]).probs)
     with pytest.raises(ValueError, match="reasoning"):
         loss.scorer(images.detach(), ["a", "b"], reasoning=[["x"] * 4] * 2)
+
+
+def test_clip_student_two_processes_match_one(models, tmp_path):
+    # both processes build the teacher cache, the main one trains: the run equals a 1-process run
+    from training.risd_clip import RISDClipConfig
+
+    teacher, _ = models
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / str(processes)
+        config = RISDClipConfig(teacher=teacher, output_dir=str(out / "clip"), cache_dir=str(out / "cache"),
+                                num_samples=2, teacher_max_new_tokens=5, cache_chunk_size=4, groups_per_step=2,
+                                steps=2, save_every=2, **DATA)
+        path = tmp_path / f"{processes}.yaml"
+        path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+        launch_cpu(["-m", "training.risd_clip", "--config", str(path)], processes)
+        runs[processes] = json.loads((out / "clip" / "metrics.json").read_text())
+    for key in ("loss", "distill", "gap", "human"):
+        np.testing.assert_allclose([h[key] for h in runs[2]["history"]], [h[key] for h in runs[1]["history"]],
+                                   rtol=1e-5, err_msg=key)
+    assert runs[2]["preference_accuracy"] == pytest.approx(runs[1]["preference_accuracy"])

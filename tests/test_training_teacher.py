@@ -3,14 +3,12 @@ trainers: a few steps, every trainable parameter moves, the training read equals
 equal the objectives recomputed from the scorer, resume equals an uninterrupted run, and 2 processes equal 1."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import launch_cpu
 
 from training.gdso import GDSOConfig, GDSOTrainer
 from training.grpo import GRPOConfig
@@ -238,6 +236,13 @@ def gdso_args(base: str, out: Path, steps: int, *extra: str) -> list[str]:
             "--train_data.num_groups", "3", "--eval_data.num_groups", "2", "--eval_data.start", "1000", *extra]
 
 
+def scalar_args(base: str, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["--base", base, "--output_dir", str(out), "--steps", str(steps), "--batch_size", "8",
+            "--micro_batch_size", "4", "--lr", "1e-3", "--warmup_steps", "1", "--save_every", "2",
+            "--log_with", "none", "--train_data.num_groups", "3", "--eval_data.num_groups", "2",
+            "--eval_data.start", "1000", *extra]
+
+
 def losses(metrics: dict, key: str = "loss") -> list[float]:
     return [entry[key] for entry in metrics["history"]]
 
@@ -277,19 +282,17 @@ def test_exported_teacher_loads_as_a_reward(tiny_base, tmp_path):
 
 
 def _launch(module: str, args: list[str], processes: int) -> None:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module, *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch_cpu(["-m", module, *args], processes)
 
 
 @pytest.mark.parametrize("module,make_args,key", [("training.sft", sft_args, "loss"),
-                                                   ("training.gdso", gdso_args, "pointwise")])
+                                                   ("training.gdso", gdso_args, "pointwise"),
+                                                   ("training.bradley_terry", scalar_args, "loss"),
+                                                   ("training.rewarddance", scalar_args, "loss")])
 def test_two_processes_match_one(tiny_base, tmp_path, module, make_args, key):
     _launch(module, make_args(tiny_base, tmp_path / "one", 3), 1)
     _launch(module, make_args(tiny_base, tmp_path / "two", 3), 2)
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     np.testing.assert_allclose(losses(two, key), losses(one, key), rtol=1e-4, atol=1e-6)
-    assert two["preference_accuracy"] == pytest.approx(one["preference_accuracy"], abs=0.02)
+    assert two["preference_accuracy"] == pytest.approx(one["preference_accuracy"])  # the same sampled chains

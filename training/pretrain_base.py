@@ -334,19 +334,24 @@ def weighted_answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train_step(model, encoder: Encoder, rows, accelerator: Accelerator, micro_batch_size: int) -> torch.Tensor:
-    """Backpropagate the mean over `rows`' answers of each answer's mean token NLL; returns it (detached).
+    """Backpropagate the mean over the step's answers of each answer's mean token NLL; returns this process's share
+    (detached; the mean over processes of the shares is the step's loss).
 
-    Rows are sorted by length and run in micro-batches, each padded to its own longest row (the rubric's questions
-    are three times longer than the others); gradients are synchronised once, after the last micro-batch.
+    `rows` are this process's rows of the step. Rows are sorted by length and run in micro-batches, each padded to
+    its own longest row (the rubric's questions are three times longer than the others); gradients are
+    synchronised once, after the last micro-batch. The mean is over the answers of every process (their count is
+    summed first), so processes holding conversations of different lengths give the gradient of one process.
     """
     rows = sorted(rows, key=encoder.length)
-    num_answers = sum(len(turns) for _, turns in rows)
+    num_answers = torch.tensor(float(sum(len(turns) for _, turns in rows)), device=accelerator.device)
+    # DDP averages gradients over processes: each process's sum / (all answers / number of processes)
+    scale = accelerator.num_processes / accelerator.reduce(num_answers, "sum")
     total = torch.zeros((), device=accelerator.device)
     for start in range(0, len(rows), micro_batch_size):
         last = start + micro_batch_size >= len(rows)
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             batch = _to(encoder(rows[start : start + micro_batch_size]), accelerator.device)
-            loss = weighted_answer_loss(model, batch) / num_answers
+            loss = weighted_answer_loss(model, batch) * scale
             accelerator.backward(loss)
         total += loss.detach()
     return total

@@ -179,7 +179,7 @@ class RISDTrainer(RewardTrainer):
                                               .logsumexp(-1).exp().sum())}
         logs = self.reduce_logs(sums, {"distill": len(rows), "gap": num_pairs_local, "human": max(len(labelled), 0),
                                        "mean_abs_gap_to_teacher": len(rows), "score_token_mass": len(rows)})
-        logs["loss"] = float(loss.detach())
+        logs["loss"] = self.global_count(float(loss.detach()))  # local sums over global counts: sum over processes
         return logs
 
     def teacher_probs(self, dataset=None) -> np.ndarray:

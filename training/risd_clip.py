@@ -6,7 +6,8 @@ teacher cache, on open_clip towers with a K-level head per dimension instead of 
 
 `init: tiny` builds a tiny open_clip CLIP from config (the world's default); `init: <arch>@<local weights file>`
 (e.g. `ViT-B-32@/models/open_clip_vit_b32.bin`) starts from pretrained towers. The result is a checkpoint that
-`ZRewardLoss.from_pretrained` loads like the VLM students.
+`ZRewardLoss.from_pretrained` loads like the VLM students. Under `accelerate launch` every process builds its share of
+the teacher cache; the main process alone trains the (small) student, and the others return.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def build_student(init: str, seed: int) -> ClipStudentScorer:
 
 
 def train(config: RISDClipConfig) -> dict:
+    """Build (or load) the teacher cache, train, export; returns the metrics (empty on processes other than the
+    main one)."""
     accelerator = Accelerator()
     out = Path(config.output_dir)
     torch.manual_seed(config.seed)
@@ -83,6 +86,10 @@ def train(config: RISDClipConfig) -> dict:
     train_set, eval_set = load_split(config.train_data), load_split(config.eval_data)
     train_bank, eval_bank = ImageBank(train_set), ImageBank(eval_set)
     targets, _ = load_teacher_targets(config, train_set, train_bank, dimensions, rubric, accelerator)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        # the CLIP student is small: every process helps build the teacher cache, the main process alone trains
+        return {}
     groups = [records for records in train_set.groups().values() if len(records) >= 2]
     units = [(records, d) for records in groups for d in dimensions]
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
@@ -149,13 +156,16 @@ def train(config: RISDClipConfig) -> dict:
                "preference_accuracy": float(np.mean(list(per_dimension.values()))), "per_dimension": per_dimension,
                "parameters": sum(p.numel() for p in student.parameters()), "history": history}
     ZRewardLoss(student).save_pretrained(out / "model")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json.tmp").replace(out / "metrics.json")  # atomic
     return metrics
 
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     metrics = train(parse_args(RISDClipConfig, argv))
+    if not metrics:  # a helper process under `accelerate launch`
+        return metrics
     logger.info("risd_clip: held-out preference accuracy %.4f in %.0f s", metrics["preference_accuracy"],
                 metrics["train_seconds"])
     return metrics

@@ -212,18 +212,19 @@ class RewardTrainer:
         config = self.config
         rows = [(n, d, Row(n, record.prompt, dimension)) for n, record in enumerate(dataset.records)
                 for d, dimension in enumerate(self.dimensions)]
-        local = rows[self.rank::self.world_size]
         probs = torch.zeros(len(dataset.records), len(self.dimensions), len(self.levels), dtype=torch.float64,
                             device=self.device)
         model = self.unwrapped()
         was_training = model.training
         model.eval()
         batch_size = max(1, config.eval_batch_size // (config.eval_num_samples if self.reasoning else 1))
-        for start in range(0, len(local), batch_size):
-            chunk = local[start:start + batch_size]
+        # chunks are cut from all rows and dealt to processes, each sampled with its own seed: the chains (and so the
+        # report) are the same whatever the number of processes
+        for start in range(self.rank * batch_size, len(rows), self.world_size * batch_size):
+            chunk = rows[start:start + batch_size]
             chunk_rows = [row for _, _, row in chunk]
             if self.reasoning:
-                seed = config.seed * 1_000_003 + start + 7 * self.rank
+                seed = config.seed * 1_000_003 + start
                 chains, _ = sample_reasoning(model, encoder, chunk_rows, config.eval_num_samples,
                                              config.eval_max_new_tokens, generator_seed=seed)
                 expanded = [Row(r.image, r.prompt, r.dimension, c) for r, cs in zip(chunk_rows, chains, strict=True)
