@@ -124,7 +124,7 @@ def train_vae(vae, images: torch.Tensor, config: GeneratorConfig, state_dir: Pat
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % config.save_every == 0 or step + 1 == config.vae_steps:
             save_training_state(state_dir, vae, optimizer, scheduler, step + 1, 0.0, extra={"losses": losses})
     vae.eval()
