@@ -168,7 +168,7 @@ def train_unet(unet, text_encoder, tokenizer, vae, scheduler, images, prompts, c
         optimizer.step()
         lr.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % config.save_every == 0 or step + 1 == config.unet_steps:
             save_training_state(state_dir, module, optimizer, lr, step + 1, 0.0, extra={"losses": losses})
     module.eval()
