@@ -40,6 +40,13 @@ def random_images(batch_size: int, height: int, width: int, seed: int = 0) -> to
 REPO = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a gloo rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch_cpu(args: list[str], num_processes: int, timeout: int = 600) -> subprocess.CompletedProcess:
     """`accelerate launch` of `args` (a script or `-m module` and its arguments) on `num_processes` CPU processes
     (gloo), from the repository root; fails the test on a non-zero exit.
@@ -48,10 +55,8 @@ def launch_cpu(args: list[str], num_processes: int, timeout: int = 600) -> subpr
     count): several CPU processes need the multi-process launcher with `ACCELERATE_USE_CPU` set, which makes each
     process's `Accelerator` a `MULTI_CPU` one (`test_launch_cpu_starts_that_many_processes` checks it).
     """
-    with socket.socket() as probe:  # a free rendezvous port: runs one after another may not reuse one at once
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = ["--multi_gpu", "--main_process_port", str(port)] if num_processes > 1 else ["--cpu"]
+    # a free rendezvous port: runs one after another may not reuse one at once
+    launcher = ["--multi_gpu", "--main_process_port", str(free_port())] if num_processes > 1 else ["--cpu"]
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(num_processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))

@@ -1,23 +1,16 @@
 """Two CPU processes (gloo): ZRewardLoss's running statistics are the statistics of the global batch."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import launch_cpu, random_images
+from helpers import free_port, launch_cpu, random_images
 
 from zreward_diffusers import ZRewardLoss
 from zreward_diffusers.testing import build_tiny_scorer
 
 PROMPTS = ["two red circles", "a yellow square", "three stars", "a green triangle"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, port: int, result_path: str) -> None:
@@ -40,7 +33,7 @@ def _worker(rank: int, world_size: int, port: int, result_path: str) -> None:
 
 def test_running_stats_are_reduced_over_processes(tmp_path):
     result_path = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, _free_port(), result_path), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), result_path), nprocs=2, join=True)
     distributed = torch.load(result_path, weights_only=True)
 
     loss_fn = ZRewardLoss(build_tiny_scorer("qwen2_vl", seed=0), normalize=True)
