@@ -61,5 +61,7 @@ def launch_cpu(args: list[str], num_processes: int, timeout: int = 600) -> subpr
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # each rank's traceback, not only the last one's (a rank that crashed first shows why the others stopped)
+    ranked = "\n".join(line for line in result.stderr.splitlines() if "[rank" in line)
+    assert result.returncode == 0, (ranked or result.stderr)[-8000:]
     return result

@@ -82,9 +82,10 @@ class TeacherCache:
         self.settings = settings
         self.directory.mkdir(parents=True, exist_ok=True)
         settings_path = self.directory / SETTINGS_FILE
-        if not settings_path.exists():
-            settings_path.with_suffix(".tmp").write_text(json.dumps(asdict(settings), indent=2))
-            settings_path.with_suffix(".tmp").replace(settings_path)
+        if not settings_path.exists():  # processes may get here together: each writes its own temporary file
+            temporary = settings_path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(asdict(settings), indent=2))
+            temporary.replace(settings_path)
         self.path = self.directory / ENTRIES_FILE
 
     def load(self) -> dict[str, dict]:
