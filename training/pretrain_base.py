@@ -121,13 +121,14 @@ class PretrainBaseConfig:
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
     vision_steps: int = field(
-        default=16000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
+        default=20000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
                                      "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
     )
     vision_lr: float = field(default=2e-3, metadata={"help": "stage 0: peak AdamW learning rate (`lr_scheduler`)"})
     vision_batch_size: int = field(default=32, metadata={"help": "stage 0: images per step, over all processes"})
     vision_num_images: int = field(
-        default=65536, metadata={"help": "stage 0: its own image pool (world groups after the held-out ones)"}
+        default=196608, metadata={"help": "stage 0: its own image pool (world groups after the held-out ones; "
+                                      "1.85 GB of 56 px images per process)"}
     )
 
 
