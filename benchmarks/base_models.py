@@ -5,11 +5,16 @@
 Held-out images come from world groups far from every pretraining pool (`--start_group`, default 20,000); each model
 names the attribute by the highest-likelihood candidate (`training.pretrain_base.name_attributes`, the metric of
 `pretrain_base`). Prints a markdown table and writes JSON (`--out`).
+
+`--ideal_observer` adds the shape accuracy of an observer that knows everything about each scene but its shape: it
+redraws the scene with each candidate shape (degradations included, noise left out) and names the one whose image
+is nearest the real one in squared pixel distance. It bounds how readable the shapes of degraded images are.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,7 +26,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.pretrain_base import EVAL_CANDIDATES, Encoder, is_clean, name_attributes, true_answer  # noqa: E402
-from zreward_diffusers.synthetic import SyntheticWorld  # noqa: E402
+from zreward_diffusers.synthetic import Scene, SyntheticWorld  # noqa: E402
+from zreward_diffusers.synthetic.grammar import SHAPES  # noqa: E402
+from zreward_diffusers.synthetic.render import render  # noqa: E402
 
 ATTRIBUTES = ("colour", "shape", "count")
 # Image conditions (a scene can be in several); "heavy": blur sigma > 1.5 px or JPEG quality below 13.
@@ -38,6 +45,18 @@ CONDITIONS = {
 }
 
 
+def ideal_observer_shape(scene: Scene, image: np.ndarray) -> str:
+    """The shape whose redrawing of `scene` (everything else kept, noise left out: its seed would give the answer
+    away) is nearest `image` (H, W, 3) in squared pixel distance."""
+    distances = []
+    for shape in SHAPES:
+        candidate = dataclasses.replace(scene, shape=shape, noise=0.0, objects=list(scene.objects),
+                                        extra=dict(scene.extra))
+        drawn = render(candidate, image.shape[0]).astype(np.float64)
+        distances.append(float(((drawn - image.astype(np.float64)) ** 2).sum()))
+    return SHAPES[int(np.argmin(distances))]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["runs/base/teacher", "runs/base/student"])
@@ -46,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--world_seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--out", default="runs/benchmarks/base_models.json")
+    parser.add_argument("--ideal_observer", action="store_true", help="add the ideal observer's shape accuracy")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error(f"--num_images must be positive, got {args.num_images}")
@@ -69,6 +89,15 @@ def main(argv: list[str] | None = None) -> dict:
                 row[attribute] = float(np.mean(right)) if right else None
             table[condition] = row
         results[path] = table
+    if args.ideal_observer:
+        named = [ideal_observer_shape(scene, item.image) for scene, item in zip(scenes, items, strict=True)]
+        table = {}
+        for condition, test in CONDITIONS.items():
+            chosen = [i for i, scene in enumerate(scenes) if test(scene)]
+            row = dict.fromkeys(ATTRIBUTES, None) | {"images": len(chosen)}
+            row["shape"] = float(np.mean([named[i] == scenes[i].shape for i in chosen])) if chosen else None
+            table[condition] = row
+        results["ideal observer (knows all but the shape)"] = table
 
     lines = []
     for path, table in results.items():

@@ -1,5 +1,7 @@
 """The synthetic world: grammar, renderer, oracle, annotator panel, rationales, determinism."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,7 @@ from zreward_diffusers.synthetic.annotators import (
     panel_preferences,
     round_to_half,
 )
-from zreward_diffusers.synthetic.grammar import PALETTE
+from zreward_diffusers.synthetic.grammar import PALETTE, SHAPES
 from zreward_diffusers.synthetic.scene import GROUND_LINE
 
 SPEC = PromptSpec(2, "red", "circle", "blue")
@@ -208,3 +210,16 @@ def test_contact_sheet_writes_a_png(tmp_path):
     path = contact_sheet(SyntheticWorld(seed=0).generate(8), tmp_path / "sheet.png", columns=4)
     with Image.open(path) as image:
         assert image.width > 800 and image.height > 300
+
+
+def test_ideal_observer_names_the_shape_from_pixels_only_when_the_shape_is_drawn():
+    from benchmarks.base_models import ideal_observer_shape
+
+    items = SyntheticWorld(0).generate(24)
+    drawn = [item for item in items if item.scene.count and not item.scene.noise]  # noise is not redrawn
+    assert len(drawn) > 12
+    assert all(ideal_observer_shape(item.scene, item.image) == item.scene.shape for item in drawn)
+    blank = np.zeros_like(items[0].image)  # nothing drawn: the nearest redrawing is not a function of the true shape
+    scene = items[0].scene
+    named = {ideal_observer_shape(dataclasses.replace(scene, shape=shape), blank) for shape in SHAPES}
+    assert len(named) == 1
