@@ -255,6 +255,18 @@ def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path):
     assert again["losses"] == resumed["losses"]
 
 
+def test_a_model_can_have_its_own_vision_steps(tmp_path):
+    models = {"student": dict(TINY_MODELS["student"], vision_steps=3), "teacher": TINY_MODELS["teacher"]}
+    changes = dict(models=models, vision_num_images=16, vision_batch_size=8, steps=1, save_every=1)
+    results = pretrain(few_step_config(tmp_path / "own", **changes))  # the config's vision_steps: 0
+    vision = results["student"]["vision_stage"]
+    assert vision["steps"] == 3 and len(vision["loss_curve"]) == 3
+    assert "vision_stage" not in results["teacher"]
+    bad = dict(models, student=dict(TINY_MODELS["student"], vision_steps=-1))
+    with pytest.raises(ValueError, match="`vision_steps` of model 'student'"):
+        pretrain(few_step_config(tmp_path / "bad", **dict(changes, models=bad)))
+
+
 def _launch(config: PretrainBaseConfig, processes: int) -> dict:
     path = Path(config.output_dir).with_suffix(".yaml")
     path.write_text(yaml.safe_dump(dataclasses.asdict(config)))

@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class PretrainBaseConfig:
     models: dict = field(
         default_factory=lambda: {
             "student": {
+                "vision_steps": 28000,
                 "text_config": {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8,
                                 "num_key_value_heads": 4, "initializer_range": 0.06},
                 "vision_config": {"embed_dim": 64, "num_heads": 4, "initializer_range": 0.06},
@@ -78,7 +79,8 @@ class PretrainBaseConfig:
             },
         },
         metadata={"help": "models to train, by name: overrides of the tiny Qwen2-VL config (`text_config`, "
-                          "`vision_config`); the vision merger's output width follows the text width"},
+                          "`vision_config`; the vision merger's output width follows the text width) and optionally "
+                          "the model's own `vision_steps`"},
     )
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
     num_train_images: int = field(default=8192, metadata={"help": "training images (the world's first groups)"})
@@ -459,6 +461,13 @@ def build_model(tokenizer, overrides: dict, seed: int):
 
 
 # ------------------------------------------------------------------------------------------------ training
+def model_vision_steps(name: str, steps) -> int:
+    """A model's stage-0 steps (its `vision_steps` in `models`, else the config's), checked."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`vision_steps` of model {name!r} must be a non-negative integer, got {steps!r}")
+    return steps
+
+
 def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelerator: Accelerator, processor,
                 encoder: Encoder, train_items, eval_indices: list[int], eval_scenes: list[Scene],
                 vision_pool: tuple[torch.Tensor, list[Scene]] | None = None) -> dict:
@@ -470,6 +479,9 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
     vision tower on `vision_pool` (images, scenes); a run resumed after stage 0 finished does not repeat it (the
     conversation stage's state holds the whole model).
     """
+    overrides = dict(overrides)
+    if "vision_steps" in overrides:  # this model's own stage-0 length
+        config = replace(config, vision_steps=model_vision_steps(name, overrides.pop("vision_steps")))
     output_dir = Path(config.output_dir)
     state_dir = output_dir / "checkpoints" / name
     model = build_model(processor.tokenizer, overrides, config.seed)
@@ -557,7 +569,8 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     eval_scenes = [item.scene for item in eval_items]
 
     vision_pool = None
-    if config.vision_steps:  # stage 0's own images: world groups after the held-out ones
+    if any(model_vision_steps(name, overrides.get("vision_steps", config.vision_steps))
+           for name, overrides in config.models.items()):  # stage 0's own images: world groups after the held-out ones
         start = num_train_groups + num_eval_groups
         pool = [item for group in world.groups(math.ceil(config.vision_num_images / group_size), start=start)
                 for item in group.items][: config.vision_num_images]
