@@ -159,6 +159,8 @@ def build_stages(out: Path, profile: str) -> list[Stage]:
         config.models = values["models"]
         for key, value in p[name].items():
             setattr(config, key, value)
+        if "vision_steps" in p[name]:  # the profile's stage-0 length replaces the model's own one
+            config.models = {model: {k: v for k, v in config.models[model].items() if k != "vision_steps"}}
         path = _write_config(configs / f"{name}.yaml", config)
         stages.append(Stage(name, lane, "training.pretrain_base", ["--config", str(path)], out / name / model /
                             "config.json", [], f"{model}-size base VLM"))

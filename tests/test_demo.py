@@ -127,3 +127,12 @@ def test_schedules_never_wait_for_a_later_stage(tmp_path):
         validate_schedule(stages, schedule(sequential))
     with pytest.raises(ValueError, match="student_risd"):  # the reward chain needs the student base of lane B
         validate_schedule(stages, [["A"], ["B"], ["C"]])
+
+
+def test_a_profile_vision_steps_replaces_the_models_own(tmp_path):
+    for profile, expected in (("quick", {"teacher": 10, "student": 10}), ("demo", {"teacher": 0, "student": 0}),
+                              ("full", {"teacher": 20000, "student": 28000})):
+        build_stages(tmp_path / profile, profile)
+        for model, steps in expected.items():
+            config = yaml.safe_load((tmp_path / profile / "configs" / f"base_{model}.yaml").read_text())
+            assert config["models"][model].get("vision_steps", config["vision_steps"]) == steps, (profile, model)

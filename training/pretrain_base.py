@@ -80,7 +80,7 @@ class PretrainBaseConfig:
         },
         metadata={"help": "models to train, by name: overrides of the tiny Qwen2-VL config (`text_config`, "
                           "`vision_config`; the vision merger's output width follows the text width) and optionally "
-                          "the model's own `vision_steps`"},
+                          "the model's own `vision_steps`, which wins over the config's"},
     )
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
     num_train_images: int = field(default=8192, metadata={"help": "training images (the world's first groups)"})
@@ -482,6 +482,7 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
     overrides = dict(overrides)
     if "vision_steps" in overrides:  # this model's own stage-0 length
         config = replace(config, vision_steps=model_vision_steps(name, overrides.pop("vision_steps")))
+        logger.info("%s: its own vision_steps, %d", name, config.vision_steps)
     output_dir = Path(config.output_dir)
     state_dir = output_dir / "checkpoints" / name
     model = build_model(processor.tokenizer, overrides, config.seed)
