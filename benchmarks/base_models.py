@@ -50,11 +50,23 @@ def ideal_observer_shape(scene: Scene, image: np.ndarray) -> str:
     away) is nearest `image` (H, W, 3) in squared pixel distance."""
     distances = []
     for shape in SHAPES:
-        candidate = dataclasses.replace(scene, shape=shape, noise=0.0, objects=list(scene.objects),
-                                        extra=dict(scene.extra))
+        candidate = dataclasses.replace(scene, shape=shape, noise=0.0)  # render does not change the scene
         drawn = render(candidate, image.shape[0]).astype(np.float64)
         distances.append(float(((drawn - image.astype(np.float64)) ** 2).sum()))
     return SHAPES[int(np.argmin(distances))]
+
+
+def condition_table(scenes: list[Scene], right: dict[str, list[bool]]) -> dict[str, dict]:
+    """Per condition of `CONDITIONS`: its number of images and the accuracy of each attribute in `right` (whether
+    each image's attribute was named right); attributes left out of `right` are None."""
+    table = {}
+    for condition, test in CONDITIONS.items():
+        chosen = [i for i, scene in enumerate(scenes) if test(scene)]
+        row = dict.fromkeys(ATTRIBUTES, None) | {"images": len(chosen)}
+        for attribute, hits in right.items():
+            row[attribute] = float(np.mean([hits[i] for i in chosen])) if chosen else None
+        table[condition] = row
+    return table
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,24 +92,13 @@ def main(argv: list[str] | None = None) -> dict:
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path).eval()
         answers = name_attributes(model, Encoder(processor, images), list(range(len(items))), args.batch_size)
-        table = {}
-        for condition, test in CONDITIONS.items():
-            chosen = [i for i, scene in enumerate(scenes) if test(scene)]
-            row = {"images": len(chosen)}
-            for attribute in EVAL_CANDIDATES:
-                right = [answers[attribute][i] == true_answer(attribute, scenes[i]) for i in chosen]
-                row[attribute] = float(np.mean(right)) if right else None
-            table[condition] = row
-        results[path] = table
+        right = {attribute: [answers[attribute][i] == true_answer(attribute, scene) for i, scene in enumerate(scenes)]
+                 for attribute in EVAL_CANDIDATES}
+        results[path] = condition_table(scenes, right)
     if args.ideal_observer:
         named = [ideal_observer_shape(scene, item.image) for scene, item in zip(scenes, items, strict=True)]
-        table = {}
-        for condition, test in CONDITIONS.items():
-            chosen = [i for i, scene in enumerate(scenes) if test(scene)]
-            row = dict.fromkeys(ATTRIBUTES, None) | {"images": len(chosen)}
-            row["shape"] = float(np.mean([named[i] == scenes[i].shape for i in chosen])) if chosen else None
-            table[condition] = row
-        results["ideal observer (knows all but the shape)"] = table
+        hits = [name == scene.shape for name, scene in zip(named, scenes, strict=True)]
+        results["ideal observer (knows all but the shape)"] = condition_table(scenes, {"shape": hits})
 
     lines = []
     for path, table in results.items():
