@@ -90,6 +90,46 @@ def test_interrupted_cache_resumes_to_the_same_result(models, tmp_path, monkeypa
     assert resumed == full
 
 
+def test_each_process_writes_its_own_entries_file(models, tmp_path):
+    # Process 1 appending while process 0 loads: process 0 must read process 1's complete lines, and neither read
+    # nor cut off its line still being written (cutting it off would lose that write). A process cuts a torn line
+    # off its own file only.
+    full, _ = build(models[0], tmp_path / "full")
+    fingerprint = teacher_fingerprint(models[0], SETTINGS)
+    cache0 = TeacherCache(tmp_path, fingerprint, SETTINGS)
+    cache1 = TeacherCache(tmp_path, fingerprint, SETTINGS, rank=1)
+    assert cache0.path.name == "entries.jsonl" and cache1.path.name == "entries.1.jsonl"
+    values = list(full.values())
+    cache0.append(values[:3])
+    cache1.append(values[3:5])
+    with open(cache1.path, "a") as file:
+        file.write('{"key": "half-writ')  # process 1's write under way
+    size = cache1.path.stat().st_size
+    seen = cache0.load()
+    assert seen == {entry["key"]: entry for entry in values[:5]}
+    assert cache1.path.stat().st_size == size  # not cut off by another process
+    assert cache1.load() == seen and cache1.path.read_bytes().endswith(b"\n")  # cut off by its owner
+    with pytest.raises(ValueError, match="rank"):
+        TeacherCache(tmp_path, fingerprint, SETTINGS, rank=-1)
+    model, processor, rubric = load_base(models[0])
+    with pytest.raises(ValueError, match="`rank` 0"):
+        build_teacher_cache(model, processor, rubric, load_split({"num_groups": 2}), DIMENSIONS, cache1,
+                            progress=False)
+
+
+def test_a_cache_built_by_two_processes_reads_as_one(models, tmp_path):
+    # chunks r::2 from each process (run one after the other here), then any process reads the whole cache
+    full, _ = build(models[0], tmp_path / "full")
+    model, processor, rubric = load_base(models[0])
+    fingerprint = teacher_fingerprint(models[0], SETTINGS)
+    for rank in (1, 0):
+        cache = TeacherCache(tmp_path / "two", fingerprint, SETTINGS, rank=rank)
+        build_teacher_cache(model, processor, rubric, load_split({"num_groups": 2}), DIMENSIONS, cache,
+                            progress=False, rank=rank, world_size=2)
+    assert sorted(p.name for p in cache.directory.glob("entries*")) == ["entries.1.jsonl", "entries.jsonl"]
+    assert TeacherCache(tmp_path / "two", fingerprint, SETTINGS).load() == full
+
+
 def test_fingerprint_follows_the_teacher_and_the_settings(models, tmp_path):
     teacher, student = models
     base = teacher_fingerprint(teacher, SETTINGS)

@@ -69,7 +69,8 @@ def load_teacher_targets(config, train_set, train_bank, dimensions, rubric, acce
     `target_samples`); processes split the cache build, then all read it."""
     settings = CacheSettings(config.num_samples, config.teacher_temperature, 1.0, config.teacher_max_new_tokens,
                              config.cache_chunk_size, config.cache_seed)
-    cache = TeacherCache(config.cache_dir, teacher_fingerprint(config.teacher, settings), settings)
+    cache = TeacherCache(config.cache_dir, teacher_fingerprint(config.teacher, settings), settings,
+                         rank=accelerator.process_index)
     teacher, processor, teacher_rubric = load_base(config.teacher, config.trust_remote_code)
     if teacher_rubric.levels != rubric.levels:
         raise ValueError(f"teacher levels {teacher_rubric.levels} differ from the student's {rubric.levels}")

@@ -2,9 +2,12 @@
 their average q̄(k|x) = (1/M) Σ_m p_T(k|x, r_m) (METHOD eq. 12) — computed once, on disk, reused by every student run.
 
 Layout: `<cache_dir>/<fingerprint>/entries.jsonl`, one JSON object per input (`key`, `record_id`, `dimension`,
-`chains`, `finished`, `probs` (M × K), `mean` (K)), and `settings.json`. The fingerprint hashes the teacher's weights
-and processor files, its rubric and the sampling settings, so a changed teacher or setting gets a new cache. An input's
-key hashes its image pixels, prompt and dimension (the same image and prompt hit the cache under any record id).
+`chains`, `finished`, `probs` (M × K), `mean` (K)), and `settings.json`. Under `accelerate launch` process `r > 0`
+appends to its own `entries.<r>.jsonl` (a process only ever writes, and cuts a torn line off, its own file; every
+process reads all of them), so no process can cut off a line another one is still writing. The fingerprint hashes
+the teacher's weights and processor files, its rubric and the sampling settings, so a changed teacher or setting gets
+a new cache. An input's key hashes its image pixels, prompt and dimension (the same image and prompt hit the cache
+under any record id).
 
 Inputs are processed in fixed chunks of the ordered input list, each sampled with a seed of its own; a chunk is
 appended (and flushed to disk) whole, so an interrupted build resumes at the first missing chunk and ends with the
@@ -34,6 +37,7 @@ from .sequences import Row, RowEncoder, forward_rows, sample_reasoning
 logger = logging.getLogger(__name__)
 
 ENTRIES_FILE = "entries.jsonl"
+ENTRIES_GLOB = "entries*.jsonl"
 SETTINGS_FILE = "settings.json"
 
 
@@ -74,10 +78,18 @@ def input_key(image: np.ndarray | torch.Tensor, prompt: str, dimension: str) -> 
     return digest.hexdigest()
 
 
-class TeacherCache:
-    """Entries of one (teacher, settings) fingerprint under `cache_dir`."""
+def entries_file(rank: int) -> str:
+    """The file process `rank` appends to."""
+    return ENTRIES_FILE if rank == 0 else f"entries.{rank}.jsonl"
 
-    def __init__(self, cache_dir: str | Path, fingerprint: str, settings: CacheSettings):
+
+class TeacherCache:
+    """Entries of one (teacher, settings) fingerprint under `cache_dir`, as seen by process `rank`."""
+
+    def __init__(self, cache_dir: str | Path, fingerprint: str, settings: CacheSettings, rank: int = 0):
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"`rank` must be a non-negative integer, got {rank!r}")
+        self.rank = rank
         self.directory = Path(cache_dir) / fingerprint
         self.settings = settings
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -86,27 +98,27 @@ class TeacherCache:
             temporary = settings_path.with_suffix(f".{os.getpid()}.tmp")
             temporary.write_text(json.dumps(asdict(settings), indent=2))
             temporary.replace(settings_path)
-        self.path = self.directory / ENTRIES_FILE
+        self.path = self.directory / entries_file(rank)  # the only file this process writes
 
     def load(self) -> dict[str, dict]:
-        """Every complete entry; a torn last line (an interrupted write) is ignored and cut off."""
+        """Every complete entry of every process's file. A torn last line is ignored; in this process's own file
+        (an interrupted write of its own) it is also cut off, in another's it may be a write still under way."""
         entries = {}
-        if not self.path.exists():
-            return entries
-        good_bytes = 0
-        with open(self.path, "rb") as file:
-            for line in file:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                if not line.endswith(b"\n"):
-                    break
-                entries[entry["key"]] = entry
-                good_bytes += len(line)
-        if good_bytes != self.path.stat().st_size:
-            with open(self.path, "r+b") as file:
-                file.truncate(good_bytes)
+        for path in sorted(self.directory.glob(ENTRIES_GLOB)):
+            good_bytes = 0
+            with open(path, "rb") as file:
+                for line in file:
+                    if not line.endswith(b"\n"):
+                        break
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:
+                        break
+                    entries[entry["key"]] = entry
+                    good_bytes += len(line)
+            if path == self.path and good_bytes != path.stat().st_size:
+                with open(path, "r+b") as file:
+                    file.truncate(good_bytes)
         return entries
 
     def append(self, entries: list[dict]) -> None:
@@ -130,6 +142,9 @@ def build_teacher_cache(model, processor, rubric, dataset, dimensions, cache: Te
 
     With `world_size` > 1 each process fills the chunks `rank::world_size`; read the cache after a barrier.
     """
+    if cache.rank != rank:
+        raise ValueError(f"`cache` was opened for process {cache.rank}, not for `rank` {rank}: each process appends "
+                         "to its own entries file")
     settings = cache.settings
     bank = ImageBank(dataset)
     encoder = RowEncoder(processor, rubric, bank.images)
