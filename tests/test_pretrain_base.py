@@ -267,6 +267,29 @@ def test_a_model_can_have_its_own_vision_steps(tmp_path):
         pretrain(few_step_config(tmp_path / "bad", **dict(changes, models=bad)))
 
 
+def test_patch_size_reaches_the_processor_and_every_model(tmp_path):
+    # 7-pixel patches read a 56 px image unresized: 8 x 8 patches, 16 image tokens after the 2 x 2 merge
+    config = few_step_config(tmp_path / "p7", models={"student": TINY_MODELS["student"]}, patch_size=7,
+                             max_pixels=56 * 56, steps=1, save_every=1)
+    pretrain(config)
+    processor = AutoProcessor.from_pretrained(tmp_path / "p7" / "student")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "p7" / "student")
+    assert processor.image_processor.patch_size == 7 and model.config.vision_config.patch_size == 7
+    items = SyntheticWorld(0).generate(2)
+    official = processor.image_processor(images=[Image.fromarray(item.image) for item in items], return_tensors="pt")
+    assert official["image_grid_thw"].tolist() == [[1, 8, 8]] * 2
+    ours = QwenVLImageTransform.from_image_processor(processor.image_processor)(
+        torch.from_numpy(np.stack([item.image for item in items])).permute(0, 3, 1, 2).float() / 255.0)
+    torch.testing.assert_close(ours["pixel_values"], official["pixel_values"], rtol=0, atol=1e-5)
+    out = ZRewardScorer(model, processor)(torch.rand(2, 3, 56, 56), ["a red circle", "two blue squares"])
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(2, 4))
+    mismatch = {"student": dict(TINY_MODELS["student"], vision_config={"depth": 1, "patch_size": 14})}
+    with pytest.raises(ValueError, match="`vision_config.patch_size` 14 differs from the processor's `patch_size` 7"):
+        pretrain(dataclasses.replace(config, output_dir=str(tmp_path / "mismatch"), models=mismatch))
+    with pytest.raises(ValueError, match="`patch_size` must be a positive integer"):
+        pretrain(dataclasses.replace(config, output_dir=str(tmp_path / "zero"), patch_size=0))
+
+
 def _launch(config: PretrainBaseConfig, processes: int) -> dict:
     path = Path(config.output_dir).with_suffix(".yaml")
     path.write_text(yaml.safe_dump(dataclasses.asdict(config)))

@@ -91,6 +91,11 @@ class PretrainBaseConfig:
         metadata={"help": "processor min_pixels: 112*112 upsamples 56 px images to 16 image tokens (56*56: 4 tokens)"},
     )
     max_pixels: int = field(default=112 * 112, metadata={"help": "processor max_pixels"})
+    patch_size: int = field(
+        default=14,
+        metadata={"help": "the vision tower's patch side, in the processor and every model (Qwen2-VL's 14 with "
+                          "112*112 pixels; 7 with 56*56 reads 56 px images unresized, also 16 image tokens)"},
+    )
     vocab_size: int = field(default=1024, metadata={"help": "size of the shared byte-level BPE vocabulary"})
     task_weights: dict = field(
         default_factory=lambda: {"colour": 3, "shape": 4, "count": 5, "background": 1, "sun": 0.25, "shadows": 0.25,
@@ -427,7 +432,10 @@ def build_tokenizer(items, vocab_size: int):
 def build_processor(tokenizer, config: PretrainBaseConfig):
     """The tiny Qwen2-VL processor around `tokenizer`, with the config's image size limits."""
     processor = tiny_processor(FAMILY, tokenizer)
-    processor.image_processor = Qwen2VLImageProcessor(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+    if isinstance(config.patch_size, bool) or not isinstance(config.patch_size, int) or config.patch_size < 1:
+        raise ValueError(f"`patch_size` must be a positive integer, got {config.patch_size!r}")
+    processor.image_processor = Qwen2VLImageProcessor(min_pixels=config.min_pixels, max_pixels=config.max_pixels,
+                                                      patch_size=config.patch_size)
     return processor
 
 
@@ -483,6 +491,11 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
     if "vision_steps" in overrides:  # this model's own stage-0 length
         config = replace(config, vision_steps=model_vision_steps(name, overrides.pop("vision_steps")))
         logger.info("%s: its own vision_steps, %d", name, config.vision_steps)
+    vision_config = overrides.get("vision_config", {})
+    if vision_config.get("patch_size", config.patch_size) != config.patch_size:
+        raise ValueError(f"model {name!r}: `vision_config.patch_size` {vision_config['patch_size']} differs from the "
+                         f"processor's `patch_size` {config.patch_size}")
+    overrides["vision_config"] = dict(vision_config, patch_size=config.patch_size)
     output_dir = Path(config.output_dir)
     state_dir = output_dir / "checkpoints" / name
     model = build_model(processor.tokenizer, overrides, config.seed)
