@@ -129,7 +129,17 @@ def test_schedules_never_wait_for_a_later_stage(tmp_path):
         validate_schedule(stages, [["A"], ["B"], ["C"]])
 
 
-def test_a_profile_vision_steps_replaces_the_models_own(tmp_path):
+def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
+    # the base config with a model's own vision_steps (the student's 28,000 steps against the config's 20,000)
+    import pipelines.demo as demo
+
+    configs = tmp_path / "training_configs"
+    shutil.copytree(demo.TRAINING_CONFIGS, configs)
+    base = yaml.safe_load((configs / "pretrain_base_tiny.yaml").read_text())
+    base["vision_steps"] = 20000
+    base["models"]["student"]["vision_steps"] = 28000
+    (configs / "pretrain_base_tiny.yaml").write_text(yaml.safe_dump(base))
+    monkeypatch.setattr(demo, "TRAINING_CONFIGS", configs)
     for profile, expected in (("quick", {"teacher": 10, "student": 10}), ("demo", {"teacher": 0, "student": 0}),
                               ("full", {"teacher": 20000, "student": 28000})):
         build_stages(tmp_path / profile, profile)

@@ -67,7 +67,6 @@ class PretrainBaseConfig:
     models: dict = field(
         default_factory=lambda: {
             "student": {
-                "vision_steps": 28000,
                 "text_config": {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8,
                                 "num_key_value_heads": 4, "initializer_range": 0.06},
                 "vision_config": {"embed_dim": 64, "num_heads": 4, "initializer_range": 0.06},
@@ -128,7 +127,7 @@ class PretrainBaseConfig:
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
     vision_steps: int = field(
-        default=20000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
+        default=28000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
                                      "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
     )
     vision_lr: float = field(default=2e-3, metadata={"help": "stage 0: peak AdamW learning rate (`lr_scheduler`)"})
