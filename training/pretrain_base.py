@@ -431,8 +431,6 @@ def build_tokenizer(items, vocab_size: int):
 def build_processor(tokenizer, config: PretrainBaseConfig):
     """The tiny Qwen2-VL processor around `tokenizer`, with the config's image size limits."""
     processor = tiny_processor(FAMILY, tokenizer)
-    if isinstance(config.patch_size, bool) or not isinstance(config.patch_size, int) or config.patch_size < 1:
-        raise ValueError(f"`patch_size` must be a positive integer, got {config.patch_size!r}")
     processor.image_processor = Qwen2VLImageProcessor(min_pixels=config.min_pixels, max_pixels=config.max_pixels,
                                                       patch_size=config.patch_size)
     return processor
@@ -490,11 +488,7 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
     if "vision_steps" in overrides:  # this model's own stage-0 length
         config = replace(config, vision_steps=model_vision_steps(name, overrides.pop("vision_steps")))
         logger.info("%s: its own vision_steps, %d", name, config.vision_steps)
-    vision_config = overrides.get("vision_config", {})
-    if vision_config.get("patch_size", config.patch_size) != config.patch_size:
-        raise ValueError(f"model {name!r}: `vision_config.patch_size` {vision_config['patch_size']} differs from the "
-                         f"processor's `patch_size` {config.patch_size}")
-    overrides["vision_config"] = dict(vision_config, patch_size=config.patch_size)
+    overrides["vision_config"] = dict(overrides.get("vision_config", {}), patch_size=config.patch_size)
     output_dir = Path(config.output_dir)
     state_dir = output_dir / "checkpoints" / name
     model = build_model(processor.tokenizer, overrides, config.seed)
@@ -564,8 +558,20 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
     return dict(metrics, losses=losses)
 
 
+def check_patch_size(config: PretrainBaseConfig) -> None:
+    """`patch_size` is a positive integer that no model's `vision_config` contradicts (the processor is shared)."""
+    if isinstance(config.patch_size, bool) or not isinstance(config.patch_size, int) or config.patch_size < 1:
+        raise ValueError(f"`patch_size` must be a positive integer, got {config.patch_size!r}")
+    for name, overrides in config.models.items():
+        own = overrides.get("vision_config", {}).get("patch_size", config.patch_size)
+        if own != config.patch_size:
+            raise ValueError(f"model {name!r}: `vision_config.patch_size` {own} differs from the processor's "
+                             f"`patch_size` {config.patch_size}")
+
+
 def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     """Build the data and tokenizer, train every model of `config.models`; returns `{name: metrics + losses}`."""
+    check_patch_size(config)  # before the data, which takes minutes
     accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir)
     world = SyntheticWorld(config.world_seed, WorldConfig(image_size=config.image_size))
     group_size = world.config.group_size
