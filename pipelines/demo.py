@@ -54,6 +54,7 @@ EVAL = {"source": "synthetic", "world_seed": 0, "start": 100_000, "image_size": 
 
 # Per profile: overrides of each stage's config (dotted keys). "demo" is sized to finish in about 25 minutes on this
 # 2-core machine; "full" is the benchmark recipe (the configs in training/configs and pipelines/configs as they are).
+PATCH_14 = {"patch_size": 14, "min_pixels": 112 * 112, "max_pixels": 112 * 112}
 PROFILES: dict[str, dict[str, dict]] = {
     "quick": {
         "data": {"n": 64},
@@ -77,9 +78,10 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "demo": {
         "data": {"n": 1024},
-        # measured (benchmarks/README.md) without the vision stage; it would add ~15 min to the teacher's lane
-        "base_teacher": {"steps": 1200, "eval_every": 0, "vision_steps": 0},
-        "base_student": {"steps": 1500, "eval_every": 0, "vision_steps": 0},
+        # measured (benchmarks/README.md) without the vision stage and with Qwen2-VL's 14-pixel patches on 56 px
+        # images upsampled to 112 px (the shipped base config reads them unresized with 7-pixel patches)
+        "base_teacher": {"steps": 1200, "eval_every": 0, "vision_steps": 0, **PATCH_14},
+        "base_student": {"steps": 1500, "eval_every": 0, "vision_steps": 0, **PATCH_14},
         "teacher_sft": {"steps": 200, "save_every": 100},
         "teacher_gdso": {"steps": 50, "save_every": 25},
         "student_risd": {"steps": 300, "train_data.num_groups": 192},

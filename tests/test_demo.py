@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.demo import PROFILES, build_stages, main, schedule, stage_progress, validate_schedule
+from pipelines.demo import PROFILES, TRAINING_CONFIGS, build_stages, main, schedule, stage_progress, validate_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("contact_sheet", "preference_accuracy", "samples", "reliability", "before_after", "training_curves")
@@ -90,6 +90,13 @@ def test_stage_configs_are_written_and_load(tmp_path):
     assert direct.base == str(tmp_path / "base_student" / "student")
     base = yaml.safe_load((tmp_path / "configs" / "base_teacher.yaml").read_text())
     assert list(base["models"]) == ["teacher"] and base["steps"] == PROFILES["demo"]["base_teacher"]["steps"]
+    # the demo keeps the input its documented numbers were measured with; the full profile reads the shipped config
+    assert (base["patch_size"], base["min_pixels"], base["max_pixels"]) == (14, 112 * 112, 112 * 112)
+    build_stages(tmp_path / "full", "full")
+    shipped = yaml.safe_load((TRAINING_CONFIGS / "pretrain_base_tiny.yaml").read_text())
+    for model in ("teacher", "student"):
+        full = yaml.safe_load((tmp_path / "full" / "configs" / f"base_{model}.yaml").read_text())
+        assert (full["patch_size"], full["min_pixels"]) == (shipped["patch_size"], shipped["min_pixels"]) == (7, 3136)
     names = {s.name for s in stages}
     assert all(set(s.after) <= names for s in stages)
 

@@ -24,11 +24,19 @@ from training.pretrain_base import (
     train_step,
     user_messages,
 )
-from training.vision_stage import TARGETS, VisionClassifier, scene_targets
+from training.vision_stage import (
+    MAX_CELL_COUNT,
+    TARGETS,
+    VisionClassifier,
+    cell_targets,
+    classification_loss,
+    scene_targets,
+)
 from zreward_diffusers import ZRewardScorer
 from zreward_diffusers.preprocessing import QwenVLImageTransform
 from zreward_diffusers.synthetic import SyntheticWorld
-from zreward_diffusers.synthetic.grammar import OBJECT_COLOURS, SHAPES
+from zreward_diffusers.synthetic.grammar import OBJECT_COLOURS, SHAPES, PromptSpec
+from zreward_diffusers.synthetic.scene import SceneObject, perfect_scene
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 TINY_MODELS = {
@@ -42,8 +50,10 @@ TINY_MODELS = {
 def few_step_config(output_dir, **changes) -> PretrainBaseConfig:
     config = PretrainBaseConfig(
         output_dir=str(output_dir), models=TINY_MODELS, num_train_images=32, num_eval_images=8, batch_size=8,
-        micro_batch_size=4, min_pixels=56 * 56, steps=4, eval_every=0, save_every=2, log_with=None,
-        weight_decay=0.0, lr=1e-3, warmup_steps=1, lr_scheduler="constant_with_warmup", vision_steps=0,
+        micro_batch_size=4, steps=4, eval_every=0, save_every=2, log_with=None, weight_decay=0.0, lr=1e-3,
+        warmup_steps=1, lr_scheduler="constant_with_warmup", vision_steps=0,
+        # Qwen2-VL's 14-pixel patches on 56 px images, unresized: 4 image tokens, so the tests stay fast
+        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14,
     )
     return dataclasses.replace(config, **changes)
 
@@ -225,6 +235,90 @@ def test_vision_classifier_pools_each_image_on_its_own(run):
         for name in TARGETS:
             torch.testing.assert_close(together[name][i], alone[name][0], rtol=1e-4, atol=1e-5)
     assert set(dict(classifier.named_parameters())) >= {f"tower.{n}" for n, _ in model.model.visual.named_parameters()}
+
+
+def test_cell_targets_follow_the_objects_and_the_crop():
+    scene = perfect_scene(PromptSpec(3, "red", "star", "blue"), np.random.default_rng(0))
+    scene.objects = [SceneObject(0.1, 0.1, 0.05, False), SceneObject(0.9, 0.6, 0.05, True),
+                     SceneObject(0.95, 0.7, 0.05, True)]
+    targets = cell_targets([scene], (4, 4))[0]  # (16, 2): row-major cells
+    none = len(SHAPES)
+    expected_counts = {0: 1, 2 * 4 + 3: 2}  # (0.1, 0.1) -> cell (0, 0); both right-hand objects -> cell (2, 3)
+    for cell in range(16):
+        assert targets[cell, 1] == expected_counts.get(cell, 0)
+        assert targets[cell, 0] == (SHAPES.index("star") if cell in expected_counts else none)
+    # a zoom-in crop to the window x 0.5..1, y 0.5..1 (as `synthetic.scene` draws it: (0.1, 0.1) leaves the view)
+    scene.crop, scene.extra["crop_window"] = 0.5, [0.5, 0.5, 1.0, 1.0]
+    cropped = cell_targets([scene], (2, 2))[0]
+    # (0.9, 0.6) -> (0.8, 0.2): cell (0, 1); (0.95, 0.7) -> (0.9, 0.4): cell (0, 1)
+    assert cropped[:, 1].tolist() == [0, 2, 0, 0] and cropped[:, 0].tolist() == [none, SHAPES.index("star"), none, none]
+    scene.objects = [SceneObject(0.6, 0.6, 0.05, True)] * 5
+    assert cell_targets([scene], (2, 2))[0, 0, 1] == MAX_CELL_COUNT  # five in one cell, capped
+
+
+def test_cells_are_in_the_merged_token_order():
+    """`cell_targets` numbers cells row by row; the processor must hand the merger each cell's patches together."""
+    transform = QwenVLImageTransform(patch_size=7, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
+                                     max_pixels=56 * 56, image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    for row, column in ((0, 0), (1, 3), (3, 2)):
+        image = torch.zeros(1, 3, 56, 56)
+        image[:, :, 14 * row : 14 * row + 14, 14 * column : 14 * column + 14] = 1.0  # one 14-pixel cell lit
+        pixels = transform(image)
+        assert pixels["image_grid_thw"].tolist() == [[1, 8, 8]]
+        lit = pixels["pixel_values"].reshape(16, 4, -1).amax(dim=(1, 2))  # 16 merged tokens of 4 patches each
+        assert lit.nonzero().flatten().tolist() == [row * 4 + column]
+
+
+def test_token_head_and_cell_heads_keep_images_apart(run):
+    config, _ = run
+    processor = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
+    model = build_model(processor.tokenizer, config.models["student"], seed=0)
+    width = model.config.text_config.hidden_size
+    classifier = VisionClassifier(model.model.visual, width, head="tokens", num_tokens=4, cells=True).eval()
+    transform = QwenVLImageTransform.from_image_processor(processor.image_processor)  # 56 px -> 4 tokens
+    items = SyntheticWorld(0).generate(3)
+    images = torch.from_numpy(np.stack([item.image for item in items]))
+    pixels = lambda x: transform(x.permute(0, 3, 1, 2).float() / 255.0)  # noqa: E731
+    together = classifier(**pixels(images))
+    assert together["shape"].shape == (3, len(SHAPES)) and classifier.heads["shape"].in_features == 4 * width
+    assert together["cell_shape"].shape == (3, 4, len(SHAPES) + 1)
+    assert together["cell_count"].shape == (3, 4, MAX_CELL_COUNT + 1)
+    for i in range(3):
+        alone = classifier(**pixels(images[i : i + 1]))
+        for name, logits in together.items():
+            torch.testing.assert_close(logits[i], alone[name][0], rtol=1e-4, atol=1e-5)
+    # the loss: the attributes' cross-entropies plus the weighted cells' ones
+    scenes = [item.scene for item in items]
+    targets, cells = scene_targets(scenes), cell_targets(scenes, (2, 2))
+    ce = torch.nn.functional.cross_entropy
+    expected = sum(ce(together[name], targets[:, i]) for i, name in enumerate(TARGETS))
+    cell_loss = ce(together["cell_shape"].reshape(12, -1), cells[..., 0].reshape(12))
+    cell_loss = cell_loss + ce(together["cell_count"].reshape(12, -1), cells[..., 1].reshape(12))
+    torch.testing.assert_close(classification_loss(together, targets), expected)
+    torch.testing.assert_close(classification_loss(together, targets, cells, 2.5), expected + 2.5 * cell_loss)
+    # bad input
+    larger = QwenVLImageTransform.from_image_processor(processor.image_processor)
+    larger.min_pixels = larger.max_pixels = 112 * 112
+    with pytest.raises(ValueError, match="`num_tokens` = 4"):
+        classifier(**larger(images.permute(0, 3, 1, 2).float() / 255.0))
+    with pytest.raises(ValueError, match="`head` must be one of"):
+        VisionClassifier(model.model.visual, width, head="max")
+    with pytest.raises(ValueError, match="`num_tokens` must be a positive integer"):
+        VisionClassifier(model.model.visual, width, head="tokens")
+    with pytest.raises(ValueError, match="`num_tokens` must be a positive integer"):
+        VisionClassifier(model.model.visual, width, cells=True, num_tokens=0)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("vision_head", "max", "`vision_head` must be one of"),
+    ("vision_cell_weight", -1.0, "`vision_cell_weight` must be a finite number >= 0"),
+    ("vision_cell_weight", float("nan"), "`vision_cell_weight` must be a finite number >= 0"),
+    ("vision_cell_weight", True, "`vision_cell_weight` must be a finite number >= 0"),
+])
+def test_bad_vision_stage_settings_are_refused_before_any_work(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        pretrain(few_step_config(tmp_path, **{field: value}))
+    assert not (tmp_path / "student").exists()
 
 
 def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path):

@@ -6,8 +6,17 @@ to talk about images. Our tiny towers, trained only through the language model's
 here, the teacher-size tower named the shape of held-out images 70% of the time after 1,000 description steps,
 where the same tower with a direct classification loss reaches that in a few hundred steps (benchmarks/README.md,
 "Base models"). So `training.pretrain_base` first trains the tower (patch embedding, blocks and merger) with linear
-heads on its mean-pooled output tokens, one head per attribute of the true scene (`TARGETS`); the heads are then
-dropped, and the whole model is trained on conversations as before. The saved checkpoint is an ordinary Qwen2-VL.
+heads on its output tokens, one head per attribute of the true scene (`TARGETS`); the heads are then dropped, and the
+whole model is trained on conversations as before. The saved checkpoint is an ordinary Qwen2-VL.
+
+Two choices make the tower learn faster per image (measured, benchmarks/README.md "Base models", session 8):
+
+- the heads read the image's output tokens side by side (`head="tokens"`), as the language model will, instead of
+  their mean (`head="mean"`), which leaves the tower to squeeze where things are into every token;
+- dense targets (`cell_weight > 0`): each output token also names the shape of the objects whose centres fall in its
+  cell of the image, and how many there are (`cell_targets`). A dense per-location loss gives the tower a signal
+  for every token rather than one per image, as in dense vision pretraining (e.g. DETR-style detection heads, Carion
+  et al. 2020, arXiv 2005.12872; SigLIP 2's local losses, Tschannen et al. 2025, arXiv 2502.14786).
 
 Each step's images are a function of `(seed, step)`; the stage saves a training state (tower, heads, AdamW moments,
 scheduler, RNG) every `save_every` steps, so `--resume` continues it exactly.
@@ -62,28 +71,83 @@ def scene_targets(scenes: list[Scene]) -> torch.Tensor:
     return torch.tensor([[target(scene) for _, target in TARGETS.values()] for scene in scenes], dtype=torch.long)
 
 
-class VisionClassifier(nn.Module):
-    """A VLM's vision tower with one linear head per attribute on its mean-pooled output tokens.
+MAX_CELL_COUNT = 3  # objects centred in one cell, capped (dense targets)
+HEADS = ("tokens", "mean")
 
-    `tower` is the model's own module (shared, not copied): training this trains the VLM's tower.
+
+def cell_targets(scenes: list[Scene], grid: tuple[int, int]) -> torch.Tensor:
+    """`(N, rows * columns, 2)` dense targets, one row per output token of an image.
+
+    `grid` is `(rows, columns)` of the tower's output (merged) tokens, which Qwen2-VL's merger lays out row by row,
+    each over an equal cell of the image. For each cell: the shape class of the objects whose centres fall in it
+    (`len(SHAPES)` when there are none; a scene's objects share one shape) and their number, capped at
+    `MAX_CELL_COUNT`. Object centres are mapped through the zoom-in crop, if any; those cropped out are in no cell.
+    """
+    rows, columns = grid
+    out = np.zeros((len(scenes), rows * columns, 2), dtype=np.int64)
+    for n, scene in enumerate(scenes):
+        x0, y0, x1, y1 = scene.extra["crop_window"] if scene.crop > 0 else (0.0, 0.0, 1.0, 1.0)
+        counts = np.zeros(rows * columns, dtype=np.int64)
+        for obj in scene.objects:
+            x, y = (obj.x - x0) / (x1 - x0), (obj.y - y0) / (y1 - y0)
+            if 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0:  # in view (`synthetic.scene`'s crop keeps these)
+                counts[min(int(y * rows), rows - 1) * columns + min(int(x * columns), columns - 1)] += 1
+        out[n, :, 0] = np.where(counts > 0, SHAPES.index(scene.shape), len(SHAPES))
+        out[n, :, 1] = np.minimum(counts, MAX_CELL_COUNT)
+    return torch.from_numpy(out)
+
+
+class VisionClassifier(nn.Module):
+    """A VLM's vision tower with one linear head per attribute on its output tokens.
+
+    `tower` is the model's own module (shared, not copied): training this trains the VLM's tower. `head="tokens"`
+    reads an image's `num_tokens` output tokens concatenated (every image must have that many), `head="mean"` their
+    mean. With `cells`, two more linear heads classify each output token's cell (`cell_targets`): the outputs
+    `"cell_shape"` `(B, num_tokens, len(SHAPES) + 1)` and `"cell_count"` `(B, num_tokens, MAX_CELL_COUNT + 1)`.
     """
 
-    def __init__(self, tower: nn.Module, width: int):
+    def __init__(self, tower: nn.Module, width: int, head: str = "mean", num_tokens: int | None = None,
+                 cells: bool = False):
         super().__init__()
-        self.tower = tower
-        self.heads = nn.ModuleDict({name: nn.Linear(width, classes) for name, (classes, _) in TARGETS.items()})
+        if head not in HEADS:
+            raise ValueError(f"`head` must be one of {HEADS}, got {head!r}")
+        if (head == "tokens" or cells) and (not isinstance(num_tokens, int) or num_tokens < 1):
+            raise ValueError(f"`num_tokens` must be a positive integer with head='tokens' or cells, got "
+                             f"{num_tokens!r}")
+        self.tower, self.head, self.num_tokens, self.cells = tower, head, num_tokens, cells
+        features = width * num_tokens if head == "tokens" else width
+        self.heads = nn.ModuleDict({name: nn.Linear(features, classes) for name, (classes, _) in TARGETS.items()})
+        if cells:
+            self.cell_heads = nn.ModuleDict({"cell_shape": nn.Linear(width, len(SHAPES) + 1),
+                                             "cell_count": nn.Linear(width, MAX_CELL_COUNT + 1)})
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = self.tower(pixel_values, grid_thw=image_grid_thw).pooler_output  # (sum of tokens, width)
         merge = self.tower.spatial_merge_size**2
         per_image = (image_grid_thw.prod(dim=1) // merge).tolist()
-        pooled = torch.stack([chunk.mean(dim=0) for chunk in tokens.split(per_image)])  # (B, width)
-        return {name: head(pooled) for name, head in self.heads.items()}
+        if self.head == "mean" and not self.cells:
+            pooled = torch.stack([chunk.mean(dim=0) for chunk in tokens.split(per_image)])  # (B, width)
+            return {name: head(pooled) for name, head in self.heads.items()}
+        if any(n != self.num_tokens for n in per_image):
+            raise ValueError(f"every image must give `num_tokens` = {self.num_tokens} output tokens, got {per_image}")
+        grid = tokens.reshape(len(per_image), self.num_tokens, -1)  # (B, tokens, width)
+        pooled = grid.flatten(1) if self.head == "tokens" else grid.mean(dim=1)
+        logits = {name: head(pooled) for name, head in self.heads.items()}
+        if self.cells:
+            logits.update({name: head(grid) for name, head in self.cell_heads.items()})
+        return logits
 
 
-def classification_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """Sum over attributes of the mean cross-entropy."""
-    return sum(nn.functional.cross_entropy(logits[name], targets[:, i]) for i, name in enumerate(TARGETS))
+def classification_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, cells: torch.Tensor | None = None,
+                        cell_weight: float = 0.0) -> torch.Tensor:
+    """Sum over attributes of the mean cross-entropy; with `cells` (`cell_targets` rows), plus `cell_weight` times
+    the mean cross-entropy of each token's cell shape and cell count."""
+    loss = sum(nn.functional.cross_entropy(logits[name], targets[:, i]) for i, name in enumerate(TARGETS))
+    if cells is not None and cell_weight:
+        for j, name in enumerate(("cell_shape", "cell_count")):
+            cross_entropy = nn.functional.cross_entropy(logits[name].flatten(0, 1), cells[..., j].flatten())
+            loss = loss + cell_weight * cross_entropy
+    return loss
 
 
 def sample_indices(num_images: int, step: int, seed: int, batch_size: int) -> list[int]:
@@ -120,16 +184,22 @@ def train_vision(model, name: str, config, accelerator: Accelerator, transform: 
     `images` (N, H, W, 3) uint8 and their `scenes` are the training pool; `config` is a `PretrainBaseConfig`.
     """
     tower = model.model.visual
-    classifier = VisionClassifier(tower, model.config.text_config.hidden_size)
+    grid = transform(images[:1].permute(0, 3, 1, 2).float() / 255.0)["image_grid_thw"][0].tolist()
+    merge = tower.spatial_merge_size
+    rows, columns = grid[1] // merge, grid[2] // merge
+    cells = config.vision_cell_weight > 0
+    classifier = VisionClassifier(tower, model.config.text_config.hidden_size, head=config.vision_head,
+                                  num_tokens=grid[0] * rows * columns, cells=cells)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        for head in classifier.heads.values():
+        for head in [*classifier.heads.values(), *(classifier.cell_heads.values() if cells else ())]:
             head.reset_parameters()
     prepared, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
         classifier, config.vision_lr, config.vision_steps, config, accelerator, state_dir)
     if start_step:
         logger.info("%s vision stage: resumed from step %d", name, start_step)
     targets = scene_targets(scenes)
+    dense = cell_targets(scenes, (rows, columns)) if cells else None
     rank, world = accelerator.process_index, accelerator.num_processes
     losses = list(extra.get("losses", []))
     progress = tqdm(range(start_step, config.vision_steps), desc=f"{name} (vision)",
@@ -139,7 +209,8 @@ def train_vision(model, name: str, config, accelerator: Accelerator, transform: 
         rows = sample_indices(len(images), step, config.seed, config.vision_batch_size)[rank::world]
         pixels = transform(images[rows].permute(0, 3, 1, 2).float() / 255.0)
         logits = prepared(**{k: v.to(accelerator.device) for k, v in pixels.items()})
-        loss = classification_loss(logits, targets[rows].to(accelerator.device))
+        loss = classification_loss(logits, targets[rows].to(accelerator.device),
+                                   dense[rows].to(accelerator.device) if cells else None, config.vision_cell_weight)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(prepared.parameters(), config.max_grad_norm)
         optimizer.step()

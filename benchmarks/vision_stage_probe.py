@@ -1,0 +1,108 @@
+"""Stage 0 of base pretraining alone, for comparing its settings: how well a tower's heads name colour, shape and
+count of held-out images after a given number of steps.
+
+    python benchmarks/vision_stage_probe.py --head mean --cell_weight 0 --steps 2500 --out runs/benchmarks/probe.json
+
+Builds a model of `pretrain_base_tiny.yaml` (`--model`, default the student), renders a pool of the world's images
+(groups from 3,000 on, `--pool` images) and 1,024 held-out ones (groups from 20,000, as `benchmarks/base_models.py`),
+runs `training.vision_stage.train_vision` with the shipped config changed by the flags, and prints the probe
+accuracy of its heads with the training time (one process; set `OMP_NUM_THREADS` to compare like with like).
+The pool is cached (`--cache`, a safetensors file of images plus a JSON of scenes) so that runs compare on one set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import load_config  # noqa: E402
+from training.pretrain_base import FAMILY, PretrainBaseConfig, build_model, build_processor  # noqa: E402
+from training.vision_stage import train_vision  # noqa: E402
+from zreward_diffusers.preprocessing import QwenVLImageTransform  # noqa: E402
+from zreward_diffusers.synthetic import Scene, SyntheticWorld, WorldConfig  # noqa: E402
+from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "pretrain_base_tiny.yaml"
+
+
+def images_and_scenes(world: SyntheticWorld, num_images: int, start_group: int) -> tuple[torch.Tensor, list[Scene]]:
+    group_size = world.config.group_size
+    items = [item for group in world.groups(-(-num_images // group_size), start=start_group)
+             for item in group.items][:num_images]
+    return torch.from_numpy(np.stack([item.image for item in items])), [item.scene for item in items]
+
+
+def load_pool(cache: Path | None, world: SyntheticWorld, num_images: int):
+    """(pool images, pool scenes, held-out images, held-out scenes), from `cache` when it holds this many."""
+    if cache is not None and cache.exists():
+        meta = json.loads(cache.with_suffix(".json").read_text())
+        if meta["pool"] == num_images:
+            tensors = load_file(cache)
+            scenes = [Scene.from_dict(s) for s in meta["scenes"]]
+            return tensors["pool"], scenes[:num_images], tensors["held_out"], scenes[num_images:]
+    pool, pool_scenes = images_and_scenes(world, num_images, 3000)
+    held_out, held_scenes = images_and_scenes(world, 1024, 20000)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"pool": pool, "held_out": held_out}, cache)
+        scenes = [s.to_dict() for s in pool_scenes + held_scenes]
+        cache.with_suffix(".json").write_text(json.dumps({"pool": num_images, "scenes": scenes}))
+    return pool, pool_scenes, held_out, held_scenes
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="student", help="a model of the shipped config")
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--head", default=None, help="`vision_head` (default: the shipped config's)")
+    parser.add_argument("--cell_weight", type=float, default=None, help="`vision_cell_weight` (default: shipped)")
+    parser.add_argument("--lr", type=float, default=None, help="`vision_lr` (default: shipped)")
+    parser.add_argument("--pool", type=int, default=32768, help="training images")
+    parser.add_argument("--cache", type=Path, default=None, help="safetensors file caching the rendered images")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the result")
+    args = parser.parse_args(argv)
+
+    config = load_config(PretrainBaseConfig, CONFIG)
+    changes = {"vision_steps": args.steps, "save_every": 10**9, "log_with": None}
+    for key, value in (("vision_head", args.head), ("vision_cell_weight", args.cell_weight), ("vision_lr", args.lr)):
+        if value is not None:
+            changes[key] = value
+    config = dataclasses.replace(config, **changes)
+    if args.model not in config.models:
+        raise ValueError(f"`--model` must be one of {sorted(config.models)}, got {args.model!r}")
+    world = SyntheticWorld(config.world_seed, WorldConfig(image_size=config.image_size))
+    pool, pool_scenes, held_out, held_scenes = load_pool(args.cache, world, args.pool)
+
+    processor = build_processor(build_tiny_tokenizer(FAMILY, vocab_size=config.vocab_size), config)
+    overrides = {k: v for k, v in config.models[args.model].items() if k != "vision_steps"}
+    overrides["vision_config"] = dict(overrides.get("vision_config", {}), patch_size=config.patch_size)
+    model = build_model(processor.tokenizer, overrides, config.seed)
+    transform = QwenVLImageTransform.from_image_processor(processor.image_processor)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as state_dir:
+        result = train_vision(model, args.model, config, Accelerator(cpu=True), transform, pool, pool_scenes,
+                              held_out, held_scenes, Path(state_dir))
+    summary = dict(model=args.model, steps=args.steps, head=config.vision_head,
+                   cell_weight=config.vision_cell_weight, lr=config.vision_lr, pool=args.pool,
+                   seconds=round(time.perf_counter() - started, 1), probe=result["probe_accuracy"])
+    print(json.dumps(summary))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
