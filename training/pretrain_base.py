@@ -119,7 +119,7 @@ class PretrainBaseConfig:
     micro_batch_size: int = field(
         default=8, metadata={"help": "rows per forward pass; rows are sorted by length first, so each pads little"}
     )
-    steps: int = field(default=2500, metadata={"help": "optimizer steps per model (after the vision stage)"})
+    steps: int = field(default=2000, metadata={"help": "optimizer steps per model (after the vision stage)"})
     eval_every: int = field(default=500, metadata={"help": "steps between held-out evaluations (0: only at the end)"})
     eval_batch_size: int = field(default=64, metadata={"help": "sequences per forward pass in evaluation"})
     save_every: int = field(default=500, metadata={"help": "steps between training-state checkpoints"})
@@ -128,7 +128,7 @@ class PretrainBaseConfig:
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
     vision_steps: int = field(
-        default=28000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
+        default=16000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
                                      "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
     )
     vision_head: str = field(
