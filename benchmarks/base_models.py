@@ -2,7 +2,8 @@
 
     python benchmarks/base_models.py --models runs/base/teacher runs/base/student --num_images 1024
 
-Held-out images come from world groups far from every pretraining pool (`--start_group`, default 20,000); each model
+Held-out images come from world groups far from every pretraining pool (`--start_group`, default 1,000,000; the script
+refuses groups that a model's `pretrain_base` run used, as its `metrics.json` records them); each model
 names the attribute by the highest-likelihood candidate (`training.pretrain_base.name_attributes`, the metric of
 `pretrain_base`). Prints a markdown table and writes JSON (`--out`).
 
@@ -69,11 +70,29 @@ def condition_table(scenes: list[Scene], right: dict[str, list[bool]]) -> dict[s
     return table
 
 
+def check_unseen(model: str, world_seed: int, start: int, stop: int) -> None:
+    """Refuse held-out groups `start` to `stop` - 1 if `model`'s pretraining used any of them (the `world_groups` of
+    its entry in the `metrics.json` beside it, written by `training.pretrain_base`; older runs did not record them)."""
+    metrics = Path(model).parent / "metrics.json"
+    if not metrics.exists():
+        return
+    entry = json.loads(metrics.read_text()).get(Path(model).name, {})
+    used = entry.get("world_groups")
+    if used is None or used["world_seed"] != world_seed:
+        return
+    for part in ("train", "stage_0"):
+        first, last = used.get(part, (0, 0))
+        if first < stop and start < last:
+            raise ValueError(f"--start_group {start}: groups {start}-{stop - 1} overlap the {part} groups "
+                             f"{first}-{last - 1} of {model}; choose groups it has not seen")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["runs/base/teacher", "runs/base/student"])
     parser.add_argument("--num_images", type=int, default=1024)
-    parser.add_argument("--start_group", type=int, default=20_000)
+    # Sessions 6-8 used 20,000, inside the shipped stage-0 pool (groups 2,176-51,327): those towers had seen them.
+    parser.add_argument("--start_group", type=int, default=1_000_000)
     parser.add_argument("--world_seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--out", default="runs/benchmarks/base_models.json")
@@ -83,7 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--num_images must be positive, got {args.num_images}")
 
     world = SyntheticWorld(args.world_seed)
-    groups = world.groups(-(-args.num_images // world.config.group_size), start=args.start_group)
+    num_groups = -(-args.num_images // world.config.group_size)
+    for path in args.models:
+        check_unseen(path, args.world_seed, args.start_group, args.start_group + num_groups)
+    groups = world.groups(num_groups, start=args.start_group)
     items = [item for group in groups for item in group.items][: args.num_images]
     scenes = [item.scene for item in items]
     images = torch.from_numpy(np.stack([item.image for item in items]))

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import load_config  # noqa: E402
-from training.pretrain_base import FAMILY, PretrainBaseConfig, build_model, build_processor  # noqa: E402
+from training.pretrain_base import FAMILY, PretrainBaseConfig, build_model, build_processor, model_overrides  # noqa: E402
 from training.vision_stage import train_vision  # noqa: E402
 from zreward_diffusers.preprocessing import QwenVLImageTransform  # noqa: E402
 from zreward_diffusers.synthetic import Scene, SyntheticWorld, WorldConfig  # noqa: E402
@@ -64,7 +64,8 @@ def load_pool(cache: Path | None, world: SyntheticWorld, num_images: int):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="student", help="a model of the shipped config")
+    parser.add_argument("--model", default="student",
+                        help="a model of the shipped config, or several joined by commas (one shared trunk)")
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--head", default=None, help="`vision_head` (default: the shipped config's)")
     parser.add_argument("--cell_weight", type=float, default=None, help="`vision_cell_weight` (default: shipped)")
@@ -80,23 +81,27 @@ def main(argv: list[str] | None = None) -> dict:
         if value is not None:
             changes[key] = value
     config = dataclasses.replace(config, **changes)
-    if args.model not in config.models:
-        raise ValueError(f"`--model` must be one of {sorted(config.models)}, got {args.model!r}")
+    names = args.model.split(",")
+    if not set(names) <= set(config.models):
+        raise ValueError(f"`--model` must name models of {sorted(config.models)}, got {args.model!r}")
     world = SyntheticWorld(config.world_seed, WorldConfig(image_size=config.image_size))
+    if 3000 + -(-args.pool // world.config.group_size) > 20000:
+        raise ValueError(f"`--pool` {args.pool} would reach the held-out groups (from 20,000); at most 68,000")
     pool, pool_scenes, held_out, held_scenes = load_pool(args.cache, world, args.pool)
 
     processor = build_processor(build_tiny_tokenizer(FAMILY, vocab_size=config.vocab_size), config)
-    overrides = {k: v for k, v in config.models[args.model].items() if k != "vision_steps"}
-    overrides["vision_config"] = dict(overrides.get("vision_config", {}), patch_size=config.patch_size)
-    model = build_model(processor.tokenizer, overrides, config.seed)
+    models = {name: build_model(processor.tokenizer, model_overrides(name, config.models[name], config)[0],
+                                config.seed) for name in names}
     transform = QwenVLImageTransform.from_image_processor(processor.image_processor)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as state_dir:
-        result = train_vision(model, args.model, config, Accelerator(cpu=True), transform, pool, pool_scenes,
-                              held_out, held_scenes, Path(state_dir))
+        result = train_vision(models, config, Accelerator(cpu=True), transform, pool, pool_scenes, held_out,
+                              held_scenes, Path(state_dir))
+    probe = result["probe_accuracy"]
+    probe = probe[names[0]] if len(names) == 1 else probe
     summary = dict(model=args.model, steps=args.steps, head=config.vision_head,
                    cell_weight=config.vision_cell_weight, lr=config.vision_lr, pool=args.pool,
-                   seconds=round(time.perf_counter() - started, 1), probe=result["probe_accuracy"])
+                   seconds=round(time.perf_counter() - started, 1), probe=probe)
     print(json.dumps(summary))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,9 @@ EVAL = {"source": "synthetic", "world_seed": 0, "start": 100_000, "image_size": 
 # Per profile: overrides of each stage's config (dotted keys). "demo" is sized to finish in about 25 minutes on this
 # 2-core machine; "full" is the benchmark recipe (the configs in training/configs and pipelines/configs as they are).
 PATCH_14 = {"patch_size": 14, "min_pixels": 112 * 112, "max_pixels": 112 * 112}
+# The teacher-size vision tower the demo was measured with (the shipped base config gives the teacher the student's
+# tower, whose stage 0 both share); a profile's `vision_config` replaces the model's.
+TEACHER_TOWER_96 = {"embed_dim": 96, "depth": 3, "num_heads": 6, "initializer_range": 0.06}
 PROFILES: dict[str, dict[str, dict]] = {
     "quick": {
         "data": {"n": 64},
@@ -80,7 +83,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "data": {"n": 1024},
         # measured (benchmarks/README.md) without the vision stage and with Qwen2-VL's 14-pixel patches on 56 px
         # images upsampled to 112 px (the shipped base config reads them unresized with 7-pixel patches)
-        "base_teacher": {"steps": 1200, "eval_every": 0, "vision_steps": 0, **PATCH_14},
+        "base_teacher": {"steps": 1200, "eval_every": 0, "vision_steps": 0, "vision_config": TEACHER_TOWER_96,
+                         **PATCH_14},
         "base_student": {"steps": 1500, "eval_every": 0, "vision_steps": 0, **PATCH_14},
         "teacher_sft": {"steps": 200, "save_every": 100},
         "teacher_gdso": {"steps": 50, "save_every": 25},
@@ -160,7 +164,10 @@ def build_stages(out: Path, profile: str) -> list[Stage]:
         config = load_config(PretrainBaseConfig, None, {k: v for k, v in values.items() if k != "models"})
         config.models = values["models"]
         for key, value in p[name].items():
-            setattr(config, key, value)
+            if key == "vision_config":
+                config.models = {model: dict(config.models[model], vision_config=value)}
+            else:
+                setattr(config, key, value)
         if "vision_steps" in p[name]:  # the profile's stage-0 length replaces the model's own one
             config.models = {model: {k: v for k, v in config.models[model].items() if k != "vision_steps"}}
         path = _write_config(configs / f"{name}.yaml", config)

@@ -92,11 +92,15 @@ def test_stage_configs_are_written_and_load(tmp_path):
     assert list(base["models"]) == ["teacher"] and base["steps"] == PROFILES["demo"]["base_teacher"]["steps"]
     # the demo keeps the input its documented numbers were measured with; the full profile reads the shipped config
     assert (base["patch_size"], base["min_pixels"], base["max_pixels"]) == (14, 112 * 112, 112 * 112)
+    assert base["models"]["teacher"]["vision_config"] == {"embed_dim": 96, "depth": 3, "num_heads": 6,
+                                                          "initializer_range": 0.06}
     build_stages(tmp_path / "full", "full")
     shipped = yaml.safe_load((TRAINING_CONFIGS / "pretrain_base_tiny.yaml").read_text())
     for model in ("teacher", "student"):
         full = yaml.safe_load((tmp_path / "full" / "configs" / f"base_{model}.yaml").read_text())
         assert (full["patch_size"], full["min_pixels"]) == (shipped["patch_size"], shipped["min_pixels"]) == (7, 3136)
+        assert full["models"][model] == shipped["models"][model]
+        assert base["models"]["teacher"]["text_config"] == shipped["models"]["teacher"]["text_config"]
     names = {s.name for s in stages}
     assert all(set(s.after) <= names for s in stages)
 

@@ -20,6 +20,7 @@ from training.pretrain_base import (
     PretrainBaseConfig,
     build_model,
     pretrain,
+    render_pool,
     sample_batch,
     train_step,
     user_messages,
@@ -27,6 +28,8 @@ from training.pretrain_base import (
 from training.vision_stage import (
     MAX_CELL_COUNT,
     TARGETS,
+    TRUNK,
+    SharedVisionClassifier,
     VisionClassifier,
     cell_targets,
     classification_loss,
@@ -315,6 +318,8 @@ def test_token_head_and_cell_heads_keep_images_apart(run):
     ("vision_cell_weight", -1.0, "`vision_cell_weight` must be a finite number >= 0"),
     ("vision_cell_weight", float("nan"), "`vision_cell_weight` must be a finite number >= 0"),
     ("vision_cell_weight", True, "`vision_cell_weight` must be a finite number >= 0"),
+    ("render_workers", 0, "`render_workers` must be a positive integer"),
+    ("render_workers", 1.5, "`render_workers` must be a positive integer"),
 ])
 def test_bad_vision_stage_settings_are_refused_before_any_work(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -348,6 +353,125 @@ def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path):
     again = pretrain(few_step_config(tmp_path / "resumed", **changes, resume=True))["student"]
     assert again["vision_stage"]["probe_accuracy"] == resumed["vision_stage"]["probe_accuracy"]
     assert again["losses"] == resumed["losses"]
+
+
+SAME_TOWER = {"student": TINY_MODELS["student"], "teacher": dict(TINY_MODELS["teacher"], vision_config={"depth": 1})}
+
+
+def test_shared_classifier_runs_the_trunk_once_and_feeds_every_merger(run):
+    config, _ = run
+    processor = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
+    models = {name: build_model(processor.tokenizer, SAME_TOWER[name], seed=i) for i, name in enumerate(SAME_TOWER)}
+    towers = {name: model.model.visual for name, model in models.items()}
+    widths = {name: model.config.text_config.hidden_size for name, model in models.items()}
+    assert widths["student"] != widths["teacher"]
+    shared = SharedVisionClassifier(towers, widths, head="tokens", num_tokens=4, cells=True).eval()
+    calls = []
+    towers["student"].blocks[0].register_forward_hook(lambda *_: calls.append("student"))
+    towers["teacher"].blocks[0].register_forward_hook(lambda *_: calls.append("teacher"))
+    transform = QwenVLImageTransform.from_image_processor(processor.image_processor)
+    images = torch.from_numpy(np.stack([item.image for item in SyntheticWorld(0).generate(3)]))
+    pixels = transform(images.permute(0, 3, 1, 2).float() / 255.0)
+    logits = shared(**pixels)
+    assert calls == ["student"]  # one trunk pass for both models
+    # the first model: its own tower, read by its heads, as a one-model classifier
+    alone = VisionClassifier(towers["student"], widths["student"], head="tokens", num_tokens=4, cells=True).eval()
+    alone.load_state_dict({**{f"tower.{k}": v for k, v in towers["student"].state_dict().items()},
+                           **shared.classifiers["student"].state_dict()})
+    for name, value in alone(**pixels).items():
+        torch.testing.assert_close(logits["student"][name], value)
+    # the second: its merger on the first tower's trunk output, read by its own heads
+    trunk = towers["student"](pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).last_hidden_state
+    teacher = shared.classifiers["teacher"].read(towers["teacher"].merger(trunk), [4, 4, 4])
+    assert logits["teacher"]["shape"].shape == (3, len(SHAPES))
+    for name, value in teacher.items():
+        torch.testing.assert_close(logits["teacher"][name], value)
+    # the teacher's loss trains the shared trunk; the teacher's own trunk is not in the module
+    shared.train()
+    classification_loss(shared(**pixels)["teacher"], torch.zeros(3, len(TARGETS), dtype=torch.long)).backward()
+    assert towers["student"].blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert towers["teacher"].blocks[0].attn.qkv.weight.grad is None
+    parameters = {id(p) for p in shared.parameters()}
+    assert not parameters & {id(p) for part in TRUNK for p in getattr(towers["teacher"], part).parameters()}
+    # afterwards every tower gets the trunk, and keeps its merger
+    merger = {k: v.clone() for k, v in towers["teacher"].merger.state_dict().items()}
+    shared.copy_trunk(towers)
+    for part in TRUNK:
+        for key, value in getattr(towers["student"], part).state_dict().items():
+            torch.testing.assert_close(getattr(towers["teacher"], part).state_dict()[key], value, rtol=0, atol=0)
+    for key, value in towers["teacher"].merger.state_dict().items():
+        torch.testing.assert_close(value, merger[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`widths` must name the same models"):
+        SharedVisionClassifier(towers, {"student": 32})
+    with pytest.raises(ValueError, match="has no tower"):
+        shared.classifiers["teacher"](**pixels)
+
+
+def test_models_with_the_same_tower_share_stage_0(tmp_path):
+    # stage 1 at lr 0 leaves the towers as stage 0 made them
+    changes = dict(models=SAME_TOWER, vision_steps=4, vision_num_images=16, vision_batch_size=8, steps=1, save_every=2,
+                   lr=0.0, weight_decay=0.0)
+    results = pretrain(few_step_config(tmp_path / "shared", **changes))
+    assert results["student"]["vision_stage"]["shared_with"] == ["teacher"]
+    assert results["teacher"]["vision_stage"]["shared_with"] == ["student"]
+    assert results["teacher"]["vision_stage"]["loss_curve"] == results["student"]["vision_stage"]["loss_curve"]
+    checkpoints = tmp_path / "shared" / "checkpoints"
+    assert (checkpoints / "student+teacher-vision").is_dir() and not (checkpoints / "teacher-vision").exists()
+    saved = {name: AutoModelForImageTextToText.from_pretrained(tmp_path / "shared" / name).model.visual
+             for name in SAME_TOWER}
+    processor = AutoProcessor.from_pretrained(tmp_path / "shared" / "teacher")
+    initial = build_model(processor.tokenizer, SAME_TOWER["teacher"], seed=0).model.visual
+    for part in TRUNK:
+        for key, value in getattr(saved["student"], part).state_dict().items():
+            torch.testing.assert_close(getattr(saved["teacher"], part).state_dict()[key], value, rtol=0, atol=0)
+    assert not torch.equal(saved["teacher"].blocks[0].attn.qkv.weight, initial.blocks[0].attn.qkv.weight)
+    assert not torch.equal(saved["teacher"].merger.mlp[0].weight, initial.merger.mlp[0].weight)  # trained too
+    # The world groups each part used are recorded, and the base-model benchmark refuses them as held-out images.
+    from benchmarks.base_models import check_unseen
+
+    metrics = json.loads((tmp_path / "shared" / "metrics.json").read_text())
+    used = {"world_seed": 0, "train": [0, 8], "held_out": [8, 10], "stage_0": [10, 14]}  # 32, 8 and 16 images
+    assert metrics["student"]["world_groups"] == metrics["teacher"]["world_groups"] == used
+    with pytest.raises(ValueError, match="overlap the stage_0 groups 10-13"):
+        check_unseen(str(tmp_path / "shared" / "teacher"), 0, 12, 20)
+    with pytest.raises(ValueError, match="overlap the train groups 0-7"):
+        check_unseen(str(tmp_path / "shared" / "student"), 0, 7, 9)
+    check_unseen(str(tmp_path / "shared" / "teacher"), 0, 14, 20)  # unseen
+    check_unseen(str(tmp_path / "shared" / "teacher"), 1, 0, 20)  # another world
+    # Not shared: each model trains its own tower, from its own heads only.
+    alone = pretrain(few_step_config(tmp_path / "alone", **changes, vision_shared=False))
+    assert alone["teacher"]["vision_stage"]["shared_with"] == []
+    assert (tmp_path / "alone" / "checkpoints" / "teacher-vision").is_dir()
+    assert alone["teacher"]["vision_stage"]["loss_curve"] != alone["student"]["vision_stage"]["loss_curve"]
+    # Towers that differ are never shared (TINY_MODELS: the teacher's has two blocks, the student's one).
+    different = pretrain(few_step_config(tmp_path / "different", **dict(changes, models=TINY_MODELS)))
+    assert different["teacher"]["vision_stage"]["shared_with"] == []
+    # Interrupted after shared step 2 (its state saved, no conversation state yet), then resumed.
+    pretrain(few_step_config(tmp_path / "resumed", **dict(changes, vision_steps=2)))
+    for name in SAME_TOWER:
+        shutil.rmtree(tmp_path / "resumed" / "checkpoints" / name)
+    resumed = pretrain(few_step_config(tmp_path / "resumed", **changes, resume=True))
+    # Interrupted with the student's conversation done and the teacher's not begun: the finished stage 0 is read back.
+    shutil.rmtree(checkpoints / "teacher")
+    again = pretrain(few_step_config(tmp_path / "shared", **changes, resume=True))
+    for run in (resumed, again):
+        for name in SAME_TOWER:
+            vision_curve = [v for _, v in run[name]["vision_stage"]["loss_curve"]]
+            torch.testing.assert_close(vision_curve, [v for _, v in results[name]["vision_stage"]["loss_curve"]],
+                                       rtol=0, atol=1e-5)
+            torch.testing.assert_close(run[name]["losses"], results[name]["losses"], rtol=0, atol=1e-5)
+
+
+def test_stage_0_pool_does_not_depend_on_the_workers():
+    one_images, one_scenes = render_pool(0, 56, 3, 37, workers=1)
+    two_images, two_scenes = render_pool(0, 56, 3, 37, workers=2)
+    assert one_images.shape == (37, 56, 56, 3) and one_images.dtype == torch.uint8
+    assert torch.equal(one_images, two_images) and one_scenes == two_scenes
+    world = SyntheticWorld(0)  # the world's own groups 3, 4, ...
+    items = [item for group in world.groups(10, start=3) for item in group.items][:37]
+    assert torch.equal(one_images, torch.from_numpy(np.stack([item.image for item in items])))
+    with pytest.raises(ValueError, match="`render_workers` must be a positive integer"):
+        render_pool(0, 56, 3, 37, workers=0)
 
 
 def test_a_model_can_have_its_own_vision_steps(tmp_path):

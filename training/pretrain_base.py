@@ -10,7 +10,9 @@ colour, sun side, shadow direction, floating objects, degradations), or one long
 with a score: scores are learned later). The loss is the language-model loss on the answer tokens only, each
 answer's mean token loss weighing the same. Before that, with `vision_steps` > 0 (the shipped config), stage 0
 (`training.vision_stage`) trains each model's vision tower alone to classify the scene's attributes, as real VLMs
-start from a pretrained vision encoder; its classification heads are not part of the saved model.
+start from a pretrained vision encoder; its classification heads are not part of the saved model. Models whose towers
+have the same config train one shared trunk in that stage (`vision_shared`; the shipped teacher and student do), as
+one vision encoder serves every size of a real VLM family.
 
 Each model is saved as an ordinary Hugging Face checkpoint (`<output_dir>/<name>`: safetensors weights, config,
 processor with tokenizer and chat template), which every later stage loads exactly as a downloaded one:
@@ -30,8 +32,10 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -74,7 +78,7 @@ class PretrainBaseConfig:
             "teacher": {
                 "text_config": {"hidden_size": 192, "intermediate_size": 384, "num_hidden_layers": 3,
                                 "num_attention_heads": 12, "num_key_value_heads": 4, "initializer_range": 0.06},
-                "vision_config": {"embed_dim": 96, "depth": 3, "num_heads": 6, "initializer_range": 0.06},
+                "vision_config": {"embed_dim": 64, "num_heads": 4, "initializer_range": 0.06},
             },
         },
         metadata={"help": "models to train, by name: overrides of the tiny Qwen2-VL config (`text_config`, "
@@ -145,6 +149,14 @@ class PretrainBaseConfig:
     vision_num_images: int = field(
         default=196608, metadata={"help": "stage 0: its own image pool (world groups after the held-out ones; "
                                       "1.85 GB of 56 px images per process)"}
+    )
+    vision_shared: bool = field(
+        default=True,
+        metadata={"help": "stage 0: models whose vision towers have the same config and `vision_steps` train one "
+                          "shared trunk (patch embedding and blocks), each with its own merger and heads"},
+    )
+    render_workers: int = field(
+        default=2, metadata={"help": "processes rendering stage 0's image pool (1: in this process)"}
     )
 
 
@@ -483,39 +495,68 @@ def model_vision_steps(name: str, steps) -> int:
     return steps
 
 
-def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelerator: Accelerator, processor,
-                encoder: Encoder, train_items, eval_indices: list[int], eval_scenes: list[Scene],
-                vision_pool: tuple[torch.Tensor, list[Scene]] | None = None) -> dict:
-    """Train one base model, save it to `<output_dir>/<name>`; returns its metrics and its step losses (all steps,
-    resumed runs included; `metrics.json` keeps a `loss_curve` of window means for plots).
+def model_overrides(name: str, overrides: dict, config: PretrainBaseConfig) -> tuple[dict, int]:
+    """A model's config overrides (with the processor's patch size) and its stage-0 steps (its own `vision_steps`
+    in `models`, else the config's)."""
+    overrides = dict(overrides)
+    steps = model_vision_steps(name, overrides.pop("vision_steps", config.vision_steps))
+    overrides["vision_config"] = dict(overrides.get("vision_config", {}), patch_size=config.patch_size)
+    return overrides, steps
+
+
+def vision_groups(models: dict, steps: dict[str, int], shared: bool) -> list[list[str]]:
+    """The models that take part in stage 0 (`steps` > 0), grouped: with `shared`, models whose vision towers have
+    the same config (but for the merger's output width) and the same steps train one shared trunk; else alone."""
+    groups: dict[tuple, list[str]] = {}
+    for name, model in models.items():
+        if not steps[name]:
+            continue
+        tower = {k: v for k, v in model.config.vision_config.to_dict().items() if k not in ("hidden_size",)}
+        key = (json.dumps(tower, sort_keys=True, default=str), steps[name]) if shared else (name,)
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def run_vision_stage(group: list[str], models: dict, steps: int, config: PretrainBaseConfig, accelerator: Accelerator,
+                     encoder: Encoder, vision_pool, eval_indices: list[int], eval_scenes: list[Scene]) -> dict:
+    """Stage 0 (`training.vision_stage`) for one group of models sharing a trunk; returns `{name: its summary}`.
+
+    A resumed run whose models all have a conversation-stage state does not repeat it (that state holds the whole
+    model): the summaries written at the end of the stage are read back.
+    """
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    if config.resume and all(has_training_state(checkpoints / name) for name in group):
+        return {name: json.loads((checkpoints / f"{name}-vision.json").read_text()) for name in group}
+    if len(group) > 1:
+        logger.info("stage 0: %s share one vision trunk", ", ".join(group))
+    result = train_vision({name: models[name] for name in group}, replace(config, vision_steps=steps), accelerator,
+                          encoder.transform, *vision_pool, encoder.images[eval_indices], eval_scenes,
+                          checkpoints / f"{'+'.join(group)}-vision")
+    summaries = {}
+    for name in group:
+        summaries[name] = dict(probe_accuracy=result["probe_accuracy"][name], train_seconds=result["train_seconds"],
+                               steps=steps, loss_curve=result["loss_curve"],
+                               shared_with=[other for other in group if other != name])
+        if accelerator.is_main_process:  # kept for the metrics of a resumed run
+            path = checkpoints / f"{name}-vision.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".tmp").write_text(json.dumps(summaries[name]))
+            path.with_suffix(".tmp").replace(path)  # atomic
+    return summaries
+
+
+def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accelerator, processor, encoder: Encoder,
+                train_items, eval_indices: list[int], eval_scenes: list[Scene], vision: dict | None = None) -> dict:
+    """Train `model` (built by `build_model`, its tower through stage 0 if `vision`, that stage's summary) on the
+    conversations, save it to `<output_dir>/<name>`; returns its metrics and its step losses (all steps, resumed runs
+    included; `metrics.json` keeps a `loss_curve` of window means for plots).
 
     `train_seconds` is the wall-clock time of the training loop, held-out evaluations and checkpoints included
-    (summed over resumed runs). With `config.vision_steps`, stage 0 (`training.vision_stage`) first trains the
-    vision tower on `vision_pool` (images, scenes); a run resumed after stage 0 finished does not repeat it (the
-    conversation stage's state holds the whole model).
+    (summed over resumed runs); stage 0's time is in `vision_stage`.
     """
-    overrides = dict(overrides)
-    if "vision_steps" in overrides:  # this model's own stage-0 length
-        config = replace(config, vision_steps=model_vision_steps(name, overrides.pop("vision_steps")))
-        logger.info("%s: its own vision_steps, %d", name, config.vision_steps)
-    overrides["vision_config"] = dict(overrides.get("vision_config", {}), patch_size=config.patch_size)
     output_dir = Path(config.output_dir)
     state_dir = output_dir / "checkpoints" / name
-    model = build_model(processor.tokenizer, overrides, config.seed)
     num_parameters = sum(p.numel() for p in model.parameters())
-    vision = None
-    if config.vision_steps and not (config.resume and has_training_state(state_dir)):
-        eval_images = encoder.images[eval_indices]
-        vision = train_vision(model, name, config, accelerator, encoder.transform, *vision_pool, eval_images,
-                              eval_scenes, output_dir / "checkpoints" / f"{name}-vision")
-    elif config.vision_steps:
-        vision = json.loads((output_dir / "checkpoints" / f"{name}-vision.json").read_text())
-    if vision is not None and accelerator.is_main_process:  # kept for the metrics of a resumed run
-        summary = {key: value for key, value in vision.items() if key != "losses"}
-        path = output_dir / "checkpoints" / f"{name}-vision.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".tmp").write_text(json.dumps(summary))
-        path.with_suffix(".tmp").replace(path)  # atomic
     model, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
         model, config.lr, config.steps, config, accelerator, state_dir)
     if start_step:
@@ -562,10 +603,73 @@ def train_model(name: str, overrides: dict, config: PretrainBaseConfig, accelera
         replace_directory(output_dir / name, write)
     accelerator.free_memory(model, optimizer, scheduler)
     metrics = dict(held_out_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.steps,
-                   parameters=num_parameters, loss_curve=loss_curve(losses))
+                   parameters=num_parameters, world_groups=world_groups(config, vision is not None),
+                   loss_curve=loss_curve(losses))
     if vision is not None:
-        metrics["vision_stage"] = {key: value for key, value in vision.items() if key != "losses"}
+        metrics["vision_stage"] = vision
     return dict(metrics, losses=losses)
+
+
+def _render_groups(seed: int, image_size: int, start: int, stop: int, items: bool):
+    """The world's groups `start` to `stop` - 1 (a worker of `render_world`): their items, or, without `items`, only
+    their images stacked and their scenes (less to send back)."""
+    world = SyntheticWorld(seed, WorldConfig(image_size=image_size))
+    rendered = [item for group in world.groups(stop - start, start=start) for item in group.items]
+    if items:
+        return rendered
+    return np.stack([item.image for item in rendered]), [item.scene for item in rendered]
+
+
+def render_world(seed: int, image_size: int, start_group: int, num_images: int, workers: int = 1, items: bool = True,
+                 desc: str = "world images"):
+    """The first `num_images` items of the world's groups from `start_group` on, rendered by `workers` processes
+    (each group is a function of the world's seed and its index, so the result does not depend on `workers`).
+
+    Returns the `SyntheticItem`s, or without `items` the images `(N, H, W, 3)` uint8 and their scenes.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`render_workers` must be a positive integer, got {workers!r}")
+    group_size = WorldConfig(image_size=image_size).group_size
+    num_groups = math.ceil(num_images / group_size)
+    bounds = np.linspace(start_group, start_group + num_groups, min(num_groups, 16 * workers) + 1).round()
+    chunks = [(seed, image_size, int(a), int(b), items) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    progress = tqdm(total=num_groups * group_size, desc=desc, unit="img")
+    parts = []
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            # forked where the platform can (no `if __name__ == "__main__"` needed in a caller's script; the workers
+            # use numpy only, no torch threads), else spawned
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)))
+            rendered = pool.map(_render_groups, *zip(*chunks, strict=True))
+        else:
+            rendered = (_render_groups(*chunk) for chunk in chunks)
+        for part in rendered:
+            parts.append(part)
+            progress.update(len(part) if items else len(part[0]))
+    progress.close()
+    if items:
+        return [item for part in parts for item in part][:num_images]
+    images = np.concatenate([images for images, _ in parts])[:num_images]
+    return torch.from_numpy(images), [scene for _, scenes in parts for scene in scenes][:num_images]
+
+
+def render_pool(seed: int, image_size: int, start_group: int, num_images: int,
+                workers: int = 1) -> tuple[torch.Tensor, list[Scene]]:
+    """Stage 0's pool: `render_world` without the items, images `(N, H, W, 3)` uint8 and their scenes."""
+    return render_world(seed, image_size, start_group, num_images, workers, items=False, desc="stage-0 images")
+
+
+def world_groups(config: PretrainBaseConfig, stage_0: bool) -> dict:
+    """The world groups a model's run used, `[first, end)` per part (and `world_seed`), so that benchmarks can hold
+    out others (`benchmarks/base_models.py` checks)."""
+    group_size = WorldConfig(image_size=config.image_size).group_size
+    train = math.ceil(config.num_train_images / group_size)
+    held_out = train + math.ceil(config.num_eval_images / group_size)
+    used = dict(world_seed=config.world_seed, train=[0, train], held_out=[train, held_out])
+    if stage_0:
+        used["stage_0"] = [held_out, held_out + math.ceil(config.vision_num_images / group_size)]
+    return used
 
 
 def check_patch_size(config: PretrainBaseConfig) -> None:
@@ -580,12 +684,15 @@ def check_patch_size(config: PretrainBaseConfig) -> None:
 
 
 def check_vision_stage(config: PretrainBaseConfig) -> None:
-    """Stage 0's `vision_head` and `vision_cell_weight` are valid."""
+    """Stage 0's `vision_head`, `vision_cell_weight` and `render_workers` are valid."""
     if config.vision_head not in HEADS:
         raise ValueError(f"`vision_head` must be one of {HEADS}, got {config.vision_head!r}")
     weight = config.vision_cell_weight
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
         raise ValueError(f"`vision_cell_weight` must be a finite number >= 0, got {weight!r}")
+    workers = config.render_workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`render_workers` must be a positive integer, got {workers!r}")
 
 
 def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
@@ -598,8 +705,8 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     num_train_groups = math.ceil(config.num_train_images / group_size)
     num_eval_groups = math.ceil(config.num_eval_images / group_size)
     started = time.perf_counter()
-    train_items = [item for group in world.groups(num_train_groups) for item in group.items]
-    train_items = train_items[: config.num_train_images]
+    train_items = render_world(config.world_seed, config.image_size, 0, config.num_train_images,
+                               config.render_workers, desc="training images")
     eval_items = [item for group in world.groups(num_eval_groups, start=num_train_groups) for item in group.items]
     eval_items = eval_items[: config.num_eval_images]
     data_seconds = time.perf_counter() - started
@@ -607,13 +714,11 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     eval_indices = list(range(len(train_items), len(images)))
     eval_scenes = [item.scene for item in eval_items]
 
+    built = {name: model_overrides(name, overrides, config) for name, overrides in config.models.items()}
     vision_pool = None
-    if any(model_vision_steps(name, overrides.get("vision_steps", config.vision_steps))
-           for name, overrides in config.models.items()):  # stage 0's own images: world groups after the held-out ones
-        start = num_train_groups + num_eval_groups
-        pool = [item for group in world.groups(math.ceil(config.vision_num_images / group_size), start=start)
-                for item in group.items][: config.vision_num_images]
-        vision_pool = (torch.from_numpy(np.stack([item.image for item in pool])), [item.scene for item in pool])
+    if any(steps for _, steps in built.values()):  # stage 0's own images: world groups after the held-out ones
+        vision_pool = render_pool(config.world_seed, config.image_size, num_train_groups + num_eval_groups,
+                                  config.vision_num_images, config.render_workers)
         data_seconds = time.perf_counter() - started
 
     processor = build_processor(build_tokenizer(train_items, config.vocab_size), config)
@@ -624,11 +729,17 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
         hparams = {key: value for key, value in asdict(config).items() if isinstance(value, int | float | str)}
         accelerator.init_trackers("pretrain_base", config=hparams)
 
+    models = {name: build_model(processor.tokenizer, overrides, config.seed) for name, (overrides, _) in built.items()}
+    steps = {name: vision_steps for name, (_, vision_steps) in built.items()}
+    vision = {}
+    for group in vision_groups(models, steps, config.vision_shared):
+        vision.update(run_vision_stage(group, models, steps[group[0]], config, accelerator, encoder, vision_pool,
+                                       eval_indices, eval_scenes))
     results = {}
     metrics_path = Path(config.output_dir) / METRICS_FILE
-    for name, overrides in config.models.items():
-        results[name] = train_model(name, overrides, config, accelerator, processor, encoder, train_items,
-                                    eval_indices, eval_scenes, vision_pool)
+    for name in config.models:
+        results[name] = train_model(name, models.pop(name), config, accelerator, processor, encoder, train_items,
+                                    eval_indices, eval_scenes, vision.get(name))
         if accelerator.is_main_process:
             metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
             metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}

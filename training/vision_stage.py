@@ -18,6 +18,11 @@ Two choices make the tower learn faster per image (measured, benchmarks/README.m
   for every token rather than one per image, as in dense vision pretraining (e.g. DETR-style detection heads, Carion
   et al. 2020, arXiv 2005.12872; SigLIP 2's local losses, Tschannen et al. 2025, arXiv 2502.14786).
 
+Models whose towers have the same config can share the stage (`SharedVisionClassifier`, `vision_shared` in the
+base config, the default): one trunk (patch embedding and blocks) is trained for all of them, each with its own
+merger and heads, at about the cost of one tower; afterwards every model holds the trained trunk. Real model families
+share their vision encoder across sizes in the same way (Qwen2-VL's 2B and 7B, Wang et al. 2024, arXiv 2409.12191).
+
 Each step's images are a function of `(seed, step)`; the stage saves a training state (tower, heads, AdamW moments,
 scheduler, RNG) every `save_every` steps, so `--resume` continues it exactly.
 """
@@ -100,13 +105,14 @@ def cell_targets(scenes: list[Scene], grid: tuple[int, int]) -> torch.Tensor:
 class VisionClassifier(nn.Module):
     """A VLM's vision tower with one linear head per attribute on its output tokens.
 
-    `tower` is the model's own module (shared, not copied): training this trains the VLM's tower. `head="tokens"`
-    reads an image's `num_tokens` output tokens concatenated (every image must have that many), `head="mean"` their
-    mean. With `cells`, two more linear heads classify each output token's cell (`cell_targets`): the outputs
-    `"cell_shape"` `(B, num_tokens, len(SHAPES) + 1)` and `"cell_count"` `(B, num_tokens, MAX_CELL_COUNT + 1)`.
+    `tower` is the model's own module (shared, not copied): training this trains the VLM's tower; `None` leaves the
+    heads alone, fed by `read` (`SharedVisionClassifier`). `head="tokens"` reads an image's `num_tokens` output
+    tokens concatenated (every image must have that many), `head="mean"` their mean. With `cells`, two more linear
+    heads classify each output token's cell (`cell_targets`): the outputs `"cell_shape"`
+    `(B, num_tokens, len(SHAPES) + 1)` and `"cell_count"` `(B, num_tokens, MAX_CELL_COUNT + 1)`.
     """
 
-    def __init__(self, tower: nn.Module, width: int, head: str = "mean", num_tokens: int | None = None,
+    def __init__(self, tower: nn.Module | None, width: int, head: str = "mean", num_tokens: int | None = None,
                  cells: bool = False):
         super().__init__()
         if head not in HEADS:
@@ -121,10 +127,18 @@ class VisionClassifier(nn.Module):
             self.cell_heads = nn.ModuleDict({"cell_shape": nn.Linear(width, len(SHAPES) + 1),
                                              "cell_count": nn.Linear(width, MAX_CELL_COUNT + 1)})
 
+    def reset_heads(self) -> None:
+        for head in [*self.heads.values(), *(self.cell_heads.values() if self.cells else ())]:
+            head.reset_parameters()
+
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.tower is None:
+            raise ValueError("this classifier has no tower: call `read` with the output tokens")
         tokens = self.tower(pixel_values, grid_thw=image_grid_thw).pooler_output  # (sum of tokens, width)
-        merge = self.tower.spatial_merge_size**2
-        per_image = (image_grid_thw.prod(dim=1) // merge).tolist()
+        return self.read(tokens, tokens_per_image(image_grid_thw, self.tower.spatial_merge_size))
+
+    def read(self, tokens: torch.Tensor, per_image: list[int]) -> dict[str, torch.Tensor]:
+        """The heads' logits from the merged output tokens of a batch, `per_image[i]` of them for image `i`."""
         if self.head == "mean" and not self.cells:
             pooled = torch.stack([chunk.mean(dim=0) for chunk in tokens.split(per_image)])  # (B, width)
             return {name: head(pooled) for name, head in self.heads.items()}
@@ -136,6 +150,56 @@ class VisionClassifier(nn.Module):
         if self.cells:
             logits.update({name: head(grid) for name, head in self.cell_heads.items()})
         return logits
+
+
+def tokens_per_image(image_grid_thw: torch.Tensor, merge_size: int) -> list[int]:
+    """Merged output tokens of each image of a batch."""
+    return (image_grid_thw.prod(dim=1) // merge_size**2).tolist()
+
+
+TRUNK = ("patch_embed", "blocks")  # a Qwen2-VL tower's modules before its merger (the rotary embedding has no weights)
+
+
+class SharedVisionClassifier(nn.Module):
+    """The vision towers of several VLMs trained as one: they share a trunk, each keeps its merger and heads.
+
+    `towers` maps model names to their towers, whose configs must be the same but for the merger's output width
+    (`widths`, the language model's). The first tower's trunk (patch embedding and blocks) runs once per batch;
+    every model's merger reads its output, and that model's `VisionClassifier` heads read the merger's tokens. So
+    the trunk learns from every model's heads, at the cost of one tower plus a merger per further model. After
+    training, `copy_trunk` gives every tower the trained trunk: the models then start from one pretrained vision
+    encoder, each with its own projection into its language model, as Qwen2-VL's 2B and 7B models share one 675M ViT
+    (Wang et al. 2024, arXiv 2409.12191, section 2.1). With one tower this is that tower's `VisionClassifier`.
+
+    `forward` returns `{model name: its heads' logits}`.
+    """
+
+    def __init__(self, towers: dict[str, nn.Module], widths: dict[str, int], head: str = "mean",
+                 num_tokens: int | None = None, cells: bool = False):
+        super().__init__()
+        if not towers or set(widths) != set(towers):
+            raise ValueError(f"`widths` must name the same models as `towers`, got {sorted(widths)} and "
+                             f"{sorted(towers)}")
+        self.names = list(towers)
+        self.tower = towers[self.names[0]]
+        self.mergers = nn.ModuleDict({name: towers[name].merger for name in self.names[1:]})
+        self.classifiers = nn.ModuleDict({name: VisionClassifier(None, widths[name], head, num_tokens, cells)
+                                          for name in self.names})
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        out = self.tower(pixel_values, grid_thw=image_grid_thw)
+        per_image = tokens_per_image(image_grid_thw, self.tower.spatial_merge_size)
+        return {name: self.classifiers[name].read(
+                    out.pooler_output if name == self.names[0] else self.mergers[name](out.last_hidden_state),
+                    per_image)
+                for name in self.names}
+
+    def copy_trunk(self, towers: dict[str, nn.Module]) -> None:
+        """Load the shared trunk's weights into every tower of `towers` (those trained through their merger only)."""
+        for tower in towers.values():
+            if tower is not self.tower:
+                for part in TRUNK:
+                    getattr(tower, part).load_state_dict(getattr(self.tower, part).state_dict())
 
 
 def classification_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, cells: torch.Tensor | None = None,
@@ -156,61 +220,72 @@ def sample_indices(num_images: int, step: int, seed: int, batch_size: int) -> li
 
 
 @torch.no_grad()
-def probe_accuracy(classifier: VisionClassifier, transform: QwenVLImageTransform, images: torch.Tensor,
-                   targets: torch.Tensor, accelerator: Accelerator, batch_size: int = 128) -> dict[str, float]:
-    """Held-out accuracy of the heads on `REPORTED` attributes (images split over processes)."""
+def probe_accuracy(classifier: SharedVisionClassifier, transform: QwenVLImageTransform, images: torch.Tensor,
+                   targets: torch.Tensor, accelerator: Accelerator,
+                   batch_size: int = 128) -> dict[str, dict[str, float]]:
+    """Held-out accuracy of each model's heads on `REPORTED` attributes (images split over processes)."""
     classifier.eval()
     local = list(range(accelerator.process_index, len(images), accelerator.num_processes))
-    correct = torch.zeros(len(REPORTED) + 1, device=accelerator.device)
-    names = list(TARGETS)
+    names, models = list(TARGETS), classifier.names
+    correct = torch.zeros(len(models), len(REPORTED) + 1, device=accelerator.device)
     for start in range(0, len(local), batch_size):
         rows = local[start : start + batch_size]
         pixels = transform(images[rows].permute(0, 3, 1, 2).float() / 255.0)
         logits = classifier(**{k: v.to(accelerator.device) for k, v in pixels.items()})
-        for j, name in enumerate(REPORTED):
-            predicted = logits[name].argmax(dim=1).cpu()
-            correct[j] += (predicted == targets[rows, names.index(name)]).sum()
-        correct[-1] += len(rows)
+        for m, model in enumerate(models):
+            for j, name in enumerate(REPORTED):
+                predicted = logits[model][name].argmax(dim=1).cpu()
+                correct[m, j] += (predicted == targets[rows, names.index(name)]).sum()
+            correct[m, -1] += len(rows)
     correct = accelerator.reduce(correct, "sum").tolist()
     classifier.train()
-    return {name: correct[j] / correct[-1] for j, name in enumerate(REPORTED)}
+    return {model: {name: correct[m][j] / correct[m][-1] for j, name in enumerate(REPORTED)}
+            for m, model in enumerate(models)}
 
 
-def train_vision(model, name: str, config, accelerator: Accelerator, transform: QwenVLImageTransform,
+def train_vision(models: dict[str, nn.Module], config, accelerator: Accelerator, transform: QwenVLImageTransform,
                  images: torch.Tensor, scenes: list[Scene], eval_images: torch.Tensor, eval_scenes: list[Scene],
                  state_dir: Path) -> dict:
-    """Run stage 0 on `model`'s tower for `config.vision_steps` steps; returns its metrics and step losses.
+    """Run stage 0 for `config.vision_steps` steps on the towers of `models` (name -> VLM), which share one trunk
+    (`SharedVisionClassifier`; a single model trains its own tower); returns the probe accuracy of each model's
+    heads (`probe_accuracy`: name -> attribute -> accuracy) and the stage's step losses (summed over the models).
 
-    `images` (N, H, W, 3) uint8 and their `scenes` are the training pool; `config` is a `PretrainBaseConfig`.
+    `images` (N, H, W, 3) uint8 and their `scenes` are the training pool; `config` is a `PretrainBaseConfig`. At the
+    end every model's tower holds the trained trunk and its own trained merger.
     """
-    tower = model.model.visual
+    towers = {name: model.model.visual for name, model in models.items()}
+    first = next(iter(towers.values()))
     grid = transform(images[:1].permute(0, 3, 1, 2).float() / 255.0)["image_grid_thw"][0].tolist()
-    merge = tower.spatial_merge_size
+    merge = first.spatial_merge_size
     rows, columns = grid[1] // merge, grid[2] // merge
     cells = config.vision_cell_weight > 0
-    classifier = VisionClassifier(tower, model.config.text_config.hidden_size, head=config.vision_head,
-                                  num_tokens=grid[0] * rows * columns, cells=cells)
+    classifier = SharedVisionClassifier(
+        towers, {name: model.config.text_config.hidden_size for name, model in models.items()},
+        head=config.vision_head, num_tokens=grid[0] * rows * columns, cells=cells)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        for head in [*classifier.heads.values(), *(classifier.cell_heads.values() if cells else ())]:
-            head.reset_parameters()
+        for heads in classifier.classifiers.values():
+            heads.reset_heads()
+    label = "+".join(models)
     prepared, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
         classifier, config.vision_lr, config.vision_steps, config, accelerator, state_dir)
     if start_step:
-        logger.info("%s vision stage: resumed from step %d", name, start_step)
+        logger.info("%s vision stage: resumed from step %d", label, start_step)
     targets = scene_targets(scenes)
     dense = cell_targets(scenes, (rows, columns)) if cells else None
     rank, world = accelerator.process_index, accelerator.num_processes
     losses = list(extra.get("losses", []))
-    progress = tqdm(range(start_step, config.vision_steps), desc=f"{name} (vision)",
+    progress = tqdm(range(start_step, config.vision_steps), desc=f"{label} (vision)",
                     disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
     for step in progress:
         rows = sample_indices(len(images), step, config.seed, config.vision_batch_size)[rank::world]
         pixels = transform(images[rows].permute(0, 3, 1, 2).float() / 255.0)
         logits = prepared(**{k: v.to(accelerator.device) for k, v in pixels.items()})
-        loss = classification_loss(logits, targets[rows].to(accelerator.device),
-                                   dense[rows].to(accelerator.device) if cells else None, config.vision_cell_weight)
+        step_targets = targets[rows].to(accelerator.device)
+        step_cells = dense[rows].to(accelerator.device) if cells else None
+        loss = sum(classification_loss(model_logits, step_targets, step_cells, config.vision_cell_weight)
+                   for model_logits in logits.values())
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(prepared.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -220,7 +295,7 @@ def train_vision(model, name: str, config, accelerator: Accelerator, transform: 
         done = step + 1
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
         if done % config.log_every == 0:
-            accelerator.log({f"{name}/vision/loss": losses[-1]}, step=done)
+            accelerator.log({f"{label}/vision/loss": losses[-1]}, step=done)
         if done % config.save_every == 0 or done == config.vision_steps:
             elapsed = train_seconds + time.perf_counter() - started
             accelerator.wait_for_everyone()
@@ -228,9 +303,10 @@ def train_vision(model, name: str, config, accelerator: Accelerator, transform: 
                 save_training_state(state_dir, accelerator.unwrap_model(prepared), optimizer, scheduler, done,
                                     elapsed, extra={"losses": losses})
     train_seconds += time.perf_counter() - started
-    accuracy = probe_accuracy(accelerator.unwrap_model(prepared), transform, eval_images, scene_targets(eval_scenes),
-                              accelerator)
-    logger.info("%s vision stage: held-out probe accuracy %s", name, accuracy)
+    unwrapped = accelerator.unwrap_model(prepared)
+    accuracy = probe_accuracy(unwrapped, transform, eval_images, scene_targets(eval_scenes), accelerator)
+    logger.info("%s vision stage: held-out probe accuracy %s", label, accuracy)
+    unwrapped.copy_trunk(towers)
     accelerator.free_memory(prepared, optimizer, scheduler)
     return dict(probe_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.vision_steps,
                 loss_curve=loss_curve(losses), losses=losses)
