@@ -94,6 +94,7 @@ def test_stage_configs_are_written_and_load(tmp_path):
     assert (base["patch_size"], base["min_pixels"], base["max_pixels"]) == (14, 112 * 112, 112 * 112)
     assert base["models"]["teacher"]["vision_config"] == {"embed_dim": 96, "depth": 3, "num_heads": 6,
                                                           "initializer_range": 0.06}
+    assert base["num_train_images"] == 8192
     build_stages(tmp_path / "full", "full")
     shipped = yaml.safe_load((TRAINING_CONFIGS / "pretrain_base_tiny.yaml").read_text())
     for model in ("teacher", "student"):

@@ -86,7 +86,9 @@ class PretrainBaseConfig:
                           "the model's own `vision_steps`, which wins over the config's"},
     )
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
-    num_train_images: int = field(default=8192, metadata={"help": "training images (the world's first groups)"})
+    num_train_images: int = field(
+        default=65536, metadata={"help": "training images of the conversations (the world's first groups)"}
+    )
     num_eval_images: int = field(default=512, metadata={"help": "held-out images (groups after the training ones)"})
     image_size: int = field(default=56, metadata={"help": "side of the rendered images in pixels"})
     min_pixels: int = field(
