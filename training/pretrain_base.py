@@ -612,6 +612,11 @@ def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accel
     return dict(metrics, losses=losses)
 
 
+def check_render_workers(workers) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`render_workers` must be a positive integer, got {workers!r}")
+
+
 def _render_groups(seed: int, image_size: int, start: int, stop: int, items: bool):
     """The world's groups `start` to `stop` - 1 (a worker of `render_world`): their items, or, without `items`, only
     their images stacked and their scenes (less to send back)."""
@@ -629,8 +634,7 @@ def render_world(seed: int, image_size: int, start_group: int, num_images: int, 
 
     Returns the `SyntheticItem`s, or without `items` the images `(N, H, W, 3)` uint8 and their scenes.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`render_workers` must be a positive integer, got {workers!r}")
+    check_render_workers(workers)
     group_size = WorldConfig(image_size=image_size).group_size
     num_groups = math.ceil(num_images / group_size)
     bounds = np.linspace(start_group, start_group + num_groups, min(num_groups, 16 * workers) + 1).round()
@@ -692,9 +696,7 @@ def check_vision_stage(config: PretrainBaseConfig) -> None:
     weight = config.vision_cell_weight
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
         raise ValueError(f"`vision_cell_weight` must be a finite number >= 0, got {weight!r}")
-    workers = config.render_workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`render_workers` must be a positive integer, got {workers!r}")
+    check_render_workers(config.render_workers)
 
 
 def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
