@@ -537,3 +537,18 @@ def test_conversation_stage_two_processes_match_one(tmp_path):
                for run in ("one", "two")]
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_base_frontier_plots_the_recorded_runs_and_names_a_bad_line(tmp_path):
+    from benchmarks.base_frontier import TABLE, plot, read_rows
+
+    rows = read_rows(TABLE)
+    assert {row["model"] for row in rows} == {"teacher", "student"}
+    assert all(0.0 < row[name] <= 1.0 for row in rows for name in ("colour", "shape", "count"))
+    plot(rows, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.csv"
+    lines = TABLE.read_text().splitlines()
+    bad.write_text("\n".join([lines[0], lines[1], lines[2].replace(",0.", ",zero.", 1)]) + "\n")
+    with pytest.raises(ValueError, match="bad.csv, line 3"):
+        read_rows(bad)
