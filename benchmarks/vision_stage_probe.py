@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--head", default=None, help="`vision_head` (default: the shipped config's)")
     parser.add_argument("--cell_weight", type=float, default=None, help="`vision_cell_weight` (default: shipped)")
     parser.add_argument("--lr", type=float, default=None, help="`vision_lr` (default: shipped)")
+    parser.add_argument("--optimizer", default=None, help="`vision_optimizer` (default: shipped)")
+    parser.add_argument("--muon_lr", type=float, default=None, help="`vision_muon_lr` (default: shipped)")
     parser.add_argument("--batch_size", type=int, default=None, help="`vision_batch_size` (default: shipped)")
     parser.add_argument("--seed", type=int, default=None, help="`seed` (model and heads init, step order)")
     parser.add_argument("--pool", type=int, default=32768, help="training images")
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(PretrainBaseConfig, CONFIG)
     changes = {"vision_steps": args.steps, "save_every": 10**9, "log_with": None}
     for key, value in (("vision_head", args.head), ("vision_cell_weight", args.cell_weight), ("vision_lr", args.lr),
+                       ("vision_optimizer", args.optimizer), ("vision_muon_lr", args.muon_lr),
                        ("vision_batch_size", args.batch_size), ("seed", args.seed)):
         if value is not None:
             changes[key] = value
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     probe = result["probe_accuracy"]
     probe = probe[names[0]] if len(names) == 1 else probe
     summary = dict(model=args.model, steps=args.steps, head=config.vision_head,
-                   cell_weight=config.vision_cell_weight, lr=config.vision_lr,
+                   cell_weight=config.vision_cell_weight, lr=config.vision_lr, optimizer=config.vision_optimizer,
+                   muon_lr=config.vision_muon_lr,
                    batch_size=config.vision_batch_size, seed=config.seed, pool=args.pool,
                    seconds=round(time.perf_counter() - started, 1), probe=probe)
     print(json.dumps(summary))

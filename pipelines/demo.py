@@ -83,10 +83,11 @@ PROFILES: dict[str, dict[str, dict]] = {
         "data": {"n": 1024},
         # measured (benchmarks/README.md) without the vision stage, with Qwen2-VL's 14-pixel patches on 56 px images
         # upsampled to 112 px (the shipped base config reads them unresized with 7-pixel patches), the teacher's own
-        # 96-wide tower and 8,192 training images (the shipped config: the student's tower, 65,536 images)
+        # 96-wide tower, 8,192 training images and AdamW (the shipped config: the student's tower, 65,536 images, Muon)
         "base_teacher": {"steps": 1200, "eval_every": 0, "vision_steps": 0, "vision_config": TEACHER_TOWER_96,
-                         "num_train_images": 8192, **PATCH_14},
-        "base_student": {"steps": 1500, "eval_every": 0, "vision_steps": 0, "num_train_images": 8192, **PATCH_14},
+                         "num_train_images": 8192, "optimizer": "adamw", **PATCH_14},
+        "base_student": {"steps": 1500, "eval_every": 0, "vision_steps": 0, "num_train_images": 8192,
+                         "optimizer": "adamw", **PATCH_14},
         "teacher_sft": {"steps": 200, "save_every": 100},
         "teacher_gdso": {"steps": 50, "save_every": 25},
         "student_risd": {"steps": 300, "train_data.num_groups": 192},

@@ -95,6 +95,8 @@ def test_stage_configs_are_written_and_load(tmp_path):
     assert base["models"]["teacher"]["vision_config"] == {"embed_dim": 96, "depth": 3, "num_heads": 6,
                                                           "initializer_range": 0.06}
     assert base["num_train_images"] == 8192
+    student = yaml.safe_load((tmp_path / "configs" / "base_student.yaml").read_text())
+    assert base["optimizer"] == student["optimizer"] == "adamw"
     build_stages(tmp_path / "full", "full")
     shipped = yaml.safe_load((TRAINING_CONFIGS / "pretrain_base_tiny.yaml").read_text())
     for model in ("teacher", "student"):

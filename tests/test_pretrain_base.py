@@ -12,6 +12,7 @@ import yaml
 from accelerate import Accelerator
 from helpers import launch_cpu
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from training.config import load_config, parse_args
@@ -112,6 +113,27 @@ def test_resume_continues_exactly(run, tmp_path):
     full_model = AutoModelForImageTextToText.from_pretrained(f"{full_config.output_dir}/student")
     for (name, a), (_, b) in zip(resumed_model.named_parameters(), full_model.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_conversation_stage_with_muon_trains_every_parameter_and_resumes_exactly(tmp_path):
+    student_only = {"student": TINY_MODELS["student"]}
+    changes = dict(models=student_only, optimizer="muon", muon_lr=0.02)
+    full = pretrain(few_step_config(tmp_path / "full", **changes))["student"]
+    first = pretrain(few_step_config(tmp_path / "resumed", **dict(changes, steps=2)))["student"]
+    resumed = pretrain(few_step_config(tmp_path / "resumed", **changes, resume=True))["student"]
+    assert resumed["losses"][:2] == first["losses"]
+    torch.testing.assert_close(resumed["losses"], full["losses"], rtol=0, atol=1e-5)
+    processor = AutoProcessor.from_pretrained(tmp_path / "full" / "student")
+    initial = build_model(processor.tokenizer, student_only["student"], seed=0)
+    trained = dict(AutoModelForImageTextToText.from_pretrained(tmp_path / "full" / "student").named_parameters())
+    for name, parameter in initial.named_parameters():
+        assert not torch.equal(parameter, trained[name]), name
+    # Muon's momentum on the weight matrices but the embeddings and the head; AdamW's moments on those
+    state = load_file(tmp_path / "full" / "checkpoints" / "student" / "training_state.safetensors")
+    matrices = [name for name, parameter in initial.named_parameters()
+                if parameter.ndim == 2 and not name.startswith(("model.language_model.embed_tokens", "lm_head"))]
+    assert sum(key.endswith(".momentum_buffer") for key in state) == len(matrices)
+    assert sum(key.endswith(".exp_avg") for key in state) == len(list(initial.parameters())) - len(matrices)
 
 
 def test_task_data_is_a_function_of_seed_and_step():
@@ -318,6 +340,10 @@ def test_token_head_and_cell_heads_keep_images_apart(run):
     ("vision_cell_weight", -1.0, "`vision_cell_weight` must be a finite number >= 0"),
     ("vision_cell_weight", float("nan"), "`vision_cell_weight` must be a finite number >= 0"),
     ("vision_cell_weight", True, "`vision_cell_weight` must be a finite number >= 0"),
+    ("vision_optimizer", "sgd", "`vision_optimizer` must be one of"),
+    ("optimizer", "lion", "`optimizer` must be one of"),
+    ("muon_lr", float("inf"), "`muon_lr` must be a finite number >= 0"),
+    ("vision_muon_lr", -0.02, "`vision_muon_lr` must be a finite number >= 0"),
     ("render_workers", 0, "`render_workers` must be a positive integer"),
     ("render_workers", 1.5, "`render_workers` must be a positive integer"),
 ])
@@ -327,9 +353,11 @@ def test_bad_vision_stage_settings_are_refused_before_any_work(tmp_path, field, 
     assert not (tmp_path / "student").exists()
 
 
-def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path, optimizer):
     student = {"student": TINY_MODELS["student"]}
-    changes = dict(models=student, vision_steps=4, vision_num_images=16, vision_batch_size=8, steps=2, save_every=2)
+    changes = dict(models=student, vision_steps=4, vision_num_images=16, vision_batch_size=8, steps=2, save_every=2,
+                   vision_optimizer=optimizer)
     full = pretrain(few_step_config(tmp_path / "full", **changes))["student"]
     vision = full["vision_stage"]
     vision_losses = lambda result: [loss for _, loss in result["vision_stage"]["loss_curve"]]  # noqa: E731
@@ -340,6 +368,10 @@ def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path):
     saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "full" / "student")
     initial = build_model(processor.tokenizer, student["student"], seed=0)
     assert dict(saved.named_parameters()).keys() == dict(initial.named_parameters()).keys()
+    # Muon's momentum on every weight matrix of the tower (blocks and merger), none on the heads
+    state = load_file(tmp_path / "full" / "checkpoints" / "student-vision" / "training_state.safetensors")
+    matrices = sum(parameter.ndim == 2 for parameter in initial.model.visual.parameters())
+    assert sum(key.endswith(".momentum_buffer") for key in state) == (matrices if optimizer == "muon" else 0)
     without = pretrain(few_step_config(tmp_path / "without", models=student, steps=2, save_every=2))["student"]
     assert "vision_stage" not in without and without["losses"] != full["losses"]  # the tower differs at stage 1
     # Interrupted after stage-0 step 2 (its state saved, no conversation state yet), then resumed.

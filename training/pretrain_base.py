@@ -110,6 +110,12 @@ class PretrainBaseConfig:
         metadata={"help": "relative sampling weight of each question type (`TASKS` and `rubric`)"},
     )
     lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    optimizer: str = field(
+        default="muon",
+        metadata={"help": "conversation stage: `adamw`, or `muon` (`training.optim.MuonAdamW`: Muon at `muon_lr` on "
+                          "the weight matrices but the token embeddings and the LM head, AdamW at `lr` on the rest)"},
+    )
+    muon_lr: float = field(default=0.005, metadata={"help": "conversation stage: Muon's peak learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     lr_scheduler: str = field(
         default="cosine",
@@ -125,7 +131,7 @@ class PretrainBaseConfig:
     micro_batch_size: int = field(
         default=8, metadata={"help": "rows per forward pass; rows are sorted by length first, so each pads little"}
     )
-    steps: int = field(default=2000, metadata={"help": "optimizer steps per model (after the vision stage)"})
+    steps: int = field(default=1000, metadata={"help": "optimizer steps per model (after the vision stage)"})
     eval_every: int = field(default=500, metadata={"help": "steps between held-out evaluations (0: only at the end)"})
     eval_batch_size: int = field(default=64, metadata={"help": "sequences per forward pass in evaluation"})
     save_every: int = field(default=500, metadata={"help": "steps between training-state checkpoints"})
@@ -134,7 +140,7 @@ class PretrainBaseConfig:
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
     vision_steps: int = field(
-        default=24000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
+        default=12000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
                                      "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
     )
     vision_head: str = field(
@@ -147,6 +153,12 @@ class PretrainBaseConfig:
                           "the objects centred in its cell of the image); 0 turns them off"},
     )
     vision_lr: float = field(default=2e-3, metadata={"help": "stage 0: peak AdamW learning rate (`lr_scheduler`)"})
+    vision_optimizer: str = field(
+        default="muon",
+        metadata={"help": "stage 0: `adamw`, or `muon` (`training.optim.MuonAdamW`: Muon on the tower's and mergers' "
+                          "weight matrices at `vision_muon_lr`, AdamW at `vision_lr` on the rest)"},
+    )
+    vision_muon_lr: float = field(default=0.02, metadata={"help": "stage 0: Muon's peak learning rate"})
     vision_batch_size: int = field(default=32, metadata={"help": "stage 0: images per step, over all processes"})
     vision_num_images: int = field(
         default=196608, metadata={"help": "stage 0: its own image pool (world groups after the held-out ones; "
@@ -560,7 +572,8 @@ def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accel
     state_dir = output_dir / "checkpoints" / name
     num_parameters = sum(p.numel() for p in model.parameters())
     model, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
-        model, config.lr, config.steps, config, accelerator, state_dir)
+        model, config.lr, config.steps, config, accelerator, state_dir,
+        muon_lr=config.muon_lr if config.optimizer == "muon" else None, muon_exclude=MUON_EXCLUDE)
     if start_step:
         logger.info("%s: resumed from step %d", name, start_step)
 
@@ -689,13 +702,23 @@ def check_patch_size(config: PretrainBaseConfig) -> None:
                              f"`patch_size` {config.patch_size}")
 
 
+OPTIMIZERS = ("adamw", "muon")
+# Left to AdamW by the conversation stage's Muon: the token embeddings and the output head (Jordan et al. 2024)
+MUON_EXCLUDE = ("model.language_model.embed_tokens", "lm_head")
+
+
 def check_vision_stage(config: PretrainBaseConfig) -> None:
-    """Stage 0's `vision_head`, `vision_cell_weight` and `render_workers` are valid."""
+    """Stage 0's `vision_head`, `vision_cell_weight`, `render_workers`, and both stages' optimizers and Muon learning
+    rates are valid."""
     if config.vision_head not in HEADS:
         raise ValueError(f"`vision_head` must be one of {HEADS}, got {config.vision_head!r}")
-    weight = config.vision_cell_weight
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"`vision_cell_weight` must be a finite number >= 0, got {weight!r}")
+    for name in ("optimizer", "vision_optimizer"):
+        if getattr(config, name) not in OPTIMIZERS:
+            raise ValueError(f"`{name}` must be one of {OPTIMIZERS}, got {getattr(config, name)!r}")
+    for name in ("vision_cell_weight", "vision_muon_lr", "muon_lr"):
+        weight = getattr(config, name)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"`{name}` must be a finite number >= 0, got {weight!r}")
     check_render_workers(config.render_workers)
 
 

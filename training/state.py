@@ -77,15 +77,25 @@ def load_training_state(directory: Path, model, optimizer, scheduler) -> tuple[i
     return meta["step"], meta["train_seconds"], meta.get("extra", {})
 
 
-def start_or_resume(module, lr: float, steps: int, config, accelerator, state_dir: Path):
+def start_or_resume(module, lr: float, steps: int, config, accelerator, state_dir: Path,
+                    muon_lr: float | None = None, muon_exclude: tuple[str, ...] = ()):
     """AdamW on `module` (weight decay `config.weight_decay`) and `config.lr_scheduler` with `config.warmup_steps`
     over `steps`; restored from `state_dir` when `config.resume` and a state is there; then `accelerator.prepare`d.
+
+    With `muon_lr`, the optimizer is `training.optim.MuonAdamW`: Muon at peak `muon_lr` on the 2-D weights whose
+    names do not start with a prefix in `muon_exclude`, AdamW at `lr` on the rest (the schedule scales both).
 
     Returns `(module, optimizer, scheduler, start_step, train_seconds, extra)`.
     """
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
+    if muon_lr is None:
+        optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
+    else:
+        from .optim import MuonAdamW, muon_parameters
+
+        optimizer = MuonAdamW(*muon_parameters(module, muon_exclude), muon_lr=muon_lr, lr=lr,
+                              weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=steps)
     start_step, train_seconds, extra = 0, 0.0, {}

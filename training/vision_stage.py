@@ -23,7 +23,11 @@ base config, the default): one trunk (patch embedding and blocks) is trained for
 merger and heads, at about the cost of one tower; afterwards every model holds the trained trunk. Real model families
 share their vision encoder across sizes in the same way (Qwen2-VL's 2B and 7B, Wang et al. 2024, arXiv 2409.12191).
 
-Each step's images are a function of `(seed, step)`; the stage saves a training state (tower, heads, AdamW moments,
+The optimizer is AdamW, or with `vision_optimizer: muon` Muon on the tower's and mergers' weight matrices and AdamW on
+the rest (`training.optim.MuonAdamW`; Jordan et al. 2024): measured here, Muon names shape after 2,500 steps as well
+as AdamW after about 8,000 (benchmarks/README.md, "Base models", session 10).
+
+Each step's images are a function of `(seed, step)`; the stage saves a training state (tower, heads, optimizer moments,
 scheduler, RNG) every `save_every` steps, so `--resume` continues it exactly.
 """
 
@@ -267,8 +271,10 @@ def train_vision(models: dict[str, nn.Module], config, accelerator: Accelerator,
         for heads in classifier.classifiers.values():
             heads.reset_heads()
     label = "+".join(models)
+    muon = config.vision_optimizer == "muon"
     prepared, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
-        classifier, config.vision_lr, config.vision_steps, config, accelerator, state_dir)
+        classifier, config.vision_lr, config.vision_steps, config, accelerator, state_dir,
+        muon_lr=config.vision_muon_lr if muon else None, muon_exclude=("classifiers.",))  # the heads: AdamW
     if start_step:
         logger.info("%s vision stage: resumed from step %d", label, start_step)
     targets = scene_targets(scenes)
