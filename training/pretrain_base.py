@@ -707,7 +707,7 @@ OPTIMIZERS = ("adamw", "muon")
 MUON_EXCLUDE = ("model.language_model.embed_tokens", "lm_head")
 
 
-def check_vision_stage(config: PretrainBaseConfig) -> None:
+def check_stage_settings(config: PretrainBaseConfig) -> None:
     """Stage 0's `vision_head`, `vision_cell_weight`, `render_workers`, and both stages' optimizers and Muon learning
     rates are valid."""
     if config.vision_head not in HEADS:
@@ -725,7 +725,7 @@ def check_vision_stage(config: PretrainBaseConfig) -> None:
 def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     """Build the data and tokenizer, train every model of `config.models`; returns `{name: metrics + losses}`."""
     check_patch_size(config)  # before the data, which takes minutes
-    check_vision_stage(config)
+    check_stage_settings(config)
     accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir)
     world = SyntheticWorld(config.world_seed, WorldConfig(image_size=config.image_size))
     group_size = world.config.group_size
