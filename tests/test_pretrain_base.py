@@ -2,11 +2,8 @@
 
 import dataclasses
 import json
-import logging
 import shutil
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,10 +20,8 @@ from training.pretrain_base import (
     Encoder,
     PretrainBaseConfig,
     build_model,
-    lane_threads,
     pretrain,
     render_pool,
-    run_lanes,
     sample_batch,
     train_step,
     user_messages,
@@ -118,54 +113,6 @@ def test_resume_continues_exactly(run, tmp_path):
     full_model = AutoModelForImageTextToText.from_pretrained(f"{full_config.output_dir}/student")
     for (name, a), (_, b) in zip(resumed_model.named_parameters(), full_model.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
-
-
-def test_models_side_by_side_train_as_one_after_another(tmp_path, caplog):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # side by side each lane then runs on 1 thread too: the same sums, the same weights
-    try:
-        apart = pretrain(few_step_config(tmp_path / "apart", parallel_models=False))
-        with caplog.at_level(logging.INFO, logger="training.pretrain_base"):
-            side = pretrain(few_step_config(tmp_path / "side", parallel_models=True))
-    finally:
-        torch.set_num_threads(threads)
-    assert "student, teacher side by side, 1 torch thread(s) each" in caplog.text
-    assert json.loads((tmp_path / "side" / "metrics.json").read_text()).keys() == TINY_MODELS.keys()
-    for name in TINY_MODELS:
-        assert side[name]["losses"] == apart[name]["losses"]
-        weights = [load_file(tmp_path / run / name / "model.safetensors") for run in ("apart", "side")]
-        for key, value in weights[0].items():
-            torch.testing.assert_close(weights[1][key], value, rtol=0, atol=0, msg=key)
-
-
-def test_lanes_run_at_once_on_their_share_of_threads_and_raise_the_first_error():
-    both_running = threading.Barrier(2, timeout=30)  # broken (an error) unless both lanes run at the same time
-
-    def work(name, lane):
-        both_running.wait()
-        if name == "bad":
-            raise RuntimeError("lane failed")
-        return {"lane": lane, "threads": torch.get_num_threads()}
-
-    before = torch.get_num_threads()
-    assert run_lanes(work, ["a", "b"], threads=1) == {"a": {"lane": 0, "threads": 1}, "b": {"lane": 1, "threads": 1}}
-    assert torch.get_num_threads() == before
-    both_running.reset()
-    with pytest.raises(RuntimeError, match="lane failed"):
-        run_lanes(work, ["good", "bad"], threads=1)
-    assert torch.get_num_threads() == before
-
-
-def test_lanes_only_for_several_models_in_one_cpu_process():
-    config = PretrainBaseConfig()
-    cpu = SimpleNamespace(num_processes=1, device=torch.device("cpu"), mixed_precision="no")
-    threads = torch.get_num_threads()
-    assert lane_threads(config, cpu, 2) == max(1, threads // 2)
-    assert lane_threads(dataclasses.replace(config, parallel_models=False), cpu, 2) is None
-    assert lane_threads(config, cpu, 1) is None
-    assert lane_threads(config, SimpleNamespace(**{**vars(cpu), "num_processes": 2}), 2) is None
-    assert lane_threads(config, SimpleNamespace(**{**vars(cpu), "device": torch.device("cuda")}), 2) is None
-    assert lane_threads(config, SimpleNamespace(**{**vars(cpu), "mixed_precision": "fp16"}), 2) is None
 
 
 def test_conversation_stage_with_muon_trains_every_parameter_and_resumes_exactly(tmp_path):

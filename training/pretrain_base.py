@@ -12,8 +12,7 @@ answer's mean token loss weighing the same. Before that, with `vision_steps` > 0
 (`training.vision_stage`) trains each model's vision tower alone to classify the scene's attributes, as real VLMs
 start from a pretrained vision encoder; its classification heads are not part of the saved model. Models whose towers
 have the same config train one shared trunk in that stage (`vision_shared`; the shipped teacher and student do), as
-one vision encoder serves every size of a real VLM family. In one process on a CPU, the conversation stage then
-trains the models side by side, each in a thread of its own on its share of torch's threads (`parallel_models`).
+one vision encoder serves every size of a real VLM family.
 
 Each model is saved as an ordinary Hugging Face checkpoint (`<output_dir>/<name>`: safetensors weights, config,
 processor with tokenizer and chat template), which every later stage loads exactly as a downloaded one:
@@ -34,10 +33,9 @@ import json
 import logging
 import math
 import multiprocessing
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -173,13 +171,6 @@ class PretrainBaseConfig:
     )
     render_workers: int = field(
         default=2, metadata={"help": "processes rendering stage 0's image pool (1: in this process)"}
-    )
-    parallel_models: bool = field(
-        default=True,
-        metadata={"help": "conversation stage, in one process on a CPU: train the models side by side, one thread "
-                          "each with an equal share of torch's threads (else, and under several processes or on a "
-                          "GPU, one after another); the weights then differ in the last bits from a run one after "
-                          "another, as with any change of thread count"},
     )
 
 
@@ -569,8 +560,7 @@ def run_vision_stage(group: list[str], models: dict, steps: int, config: Pretrai
 
 
 def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accelerator, processor, encoder: Encoder,
-                train_items, eval_indices: list[int], eval_scenes: list[Scene], vision: dict | None = None,
-                lane: int = 0) -> dict:
+                train_items, eval_indices: list[int], eval_scenes: list[Scene], vision: dict | None = None) -> dict:
     """Train `model` (built by `build_model`, its tower through stage 0 if `vision`, that stage's summary) on the
     conversations, save it to `<output_dir>/<name>`; returns its metrics and its step losses (all steps, resumed runs
     included; `metrics.json` keeps a `loss_curve` of window means for plots).
@@ -589,8 +579,7 @@ def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accel
 
     rank, world = accelerator.process_index, accelerator.num_processes
     losses, accuracy = list(extra.get("losses", [])), {}
-    progress = tqdm(range(start_step, config.steps), desc=name, position=lane,
-                    disable=not accelerator.is_local_main_process)
+    progress = tqdm(range(start_step, config.steps), desc=name, disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
     for step in progress:
         rows = sample_batch(train_items, step, config)[rank::world]
@@ -773,64 +762,18 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     for group in vision_groups(models, steps, config.vision_shared):
         vision.update(run_vision_stage(group, models, steps[group[0]], config, accelerator, encoder, vision_pool,
                                        eval_indices, eval_scenes))
+    results = {}
     metrics_path = Path(config.output_dir) / METRICS_FILE
-    written = threading.Lock()
-
-    def conversation_stage(name: str, lane: int = 0) -> dict:
-        result = train_model(name, models.pop(name), config, accelerator, processor, encoder, train_items,
-                             eval_indices, eval_scenes, vision.get(name), lane)
+    for name in config.models:
+        results[name] = train_model(name, models.pop(name), config, accelerator, processor, encoder, train_items,
+                                    eval_indices, eval_scenes, vision.get(name))
         if accelerator.is_main_process:
-            with written:
-                metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-                metrics[name] = {key: value for key, value in result.items() if key != "losses"}
-                metrics_path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
-                metrics_path.with_suffix(".tmp").replace(metrics_path)  # atomic
-        return result
-
-    names = list(config.models)
-    threads = lane_threads(config, accelerator, len(names))
-    if threads is None:
-        results = {name: conversation_stage(name) for name in names}
-    else:
-        logger.info("conversation stage: %s side by side, %d torch thread(s) each", ", ".join(names), threads)
-        results = run_lanes(conversation_stage, names, threads)
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+            metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}
+            metrics_path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
+            metrics_path.with_suffix(".tmp").replace(metrics_path)
     accelerator.end_training()
     return results
-
-
-def lane_threads(config: PretrainBaseConfig, accelerator: Accelerator, num_models: int) -> int | None:
-    """torch threads of each model trained side by side in the conversation stage (`parallel_models`), or `None`
-    for one model after another: with one model, several processes, a GPU, or fp16 loss scaling (its scaler is
-    shared by every prepared optimizer)."""
-    if not config.parallel_models or num_models < 2:
-        return None
-    if accelerator.num_processes > 1 or accelerator.device.type != "cpu" or accelerator.mixed_precision == "fp16":
-        logger.info("parallel_models: one model after another (%d process(es) on %s, mixed precision %s)",
-                    accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
-        return None
-    return max(1, torch.get_num_threads() // num_models)
-
-
-def run_lanes(work: Callable[[str, int], dict], names: list[str], threads: int) -> dict[str, dict]:
-    """`{name: work(name, lane)}`, each name in a Python thread of its own running torch on `threads` threads.
-
-    torch's operators release the GIL, so on a CPU whose cores one small model uses poorly (stage 1 of the tiny
-    bases: 2 threads run 1.3 times faster than 1) models side by side finish sooner than one after another. Each
-    model's numbers depend only on its thread count, not on the timing of the other lanes. The first error is
-    raised once every lane has ended.
-    """
-    main_threads = torch.get_num_threads()
-
-    def lane(index: int, name: str) -> dict:
-        torch.set_num_threads(threads)  # intra-op threads are set per calling thread
-        return work(name, index)
-
-    try:
-        with ThreadPoolExecutor(len(names), thread_name_prefix="lane") as pool:
-            futures = {name: pool.submit(lane, index, name) for index, name in enumerate(names)}
-        return {name: future.result() for name, future in futures.items()}
-    finally:
-        torch.set_num_threads(main_threads)
 
 
 def main(argv: list[str] | None = None) -> None:
