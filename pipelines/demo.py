@@ -170,8 +170,8 @@ def build_stages(out: Path, profile: str) -> list[Stage]:
                 config.models = {model: dict(config.models[model], vision_config=value)}
             else:
                 setattr(config, key, value)
-        if "vision_steps" in p[name]:  # the profile's stage-0 length replaces the model's own one
-            config.models = {model: {k: v for k, v in config.models[model].items() if k != "vision_steps"}}
+        own = {"vision_steps", "steps"} & set(p[name])  # the profile's stage lengths replace the model's own ones
+        config.models = {model: {k: v for k, v in config.models[model].items() if k not in own}}
         path = _write_config(configs / f"{name}.yaml", config)
         stages.append(Stage(name, lane, "training.pretrain_base", ["--config", str(path)], out / name / model /
                             "config.json", [], f"{model}-size base VLM"))

@@ -144,7 +144,8 @@ def test_schedules_never_wait_for_a_later_stage(tmp_path):
 
 
 def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
-    # the base config with a model's own vision_steps (the student's 28,000 steps against the config's 20,000)
+    # the base config with a model's own vision_steps (the student's 28,000 steps against the config's 20,000) and
+    # stage-1 steps (the teacher's 750 against the config's 1,000)
     import pipelines.demo as demo
 
     configs = tmp_path / "training_configs"
@@ -152,6 +153,7 @@ def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
     base = yaml.safe_load((configs / "pretrain_base_tiny.yaml").read_text())
     base["vision_steps"] = 20000
     base["models"]["student"]["vision_steps"] = 28000
+    base["models"]["teacher"]["steps"] = 750
     (configs / "pretrain_base_tiny.yaml").write_text(yaml.safe_dump(base))
     monkeypatch.setattr(demo, "TRAINING_CONFIGS", configs)
     for profile, expected in (("quick", {"teacher": 10, "student": 10}), ("demo", {"teacher": 0, "student": 0}),
@@ -160,3 +162,6 @@ def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
         for model, steps in expected.items():
             config = yaml.safe_load((tmp_path / profile / "configs" / f"base_{model}.yaml").read_text())
             assert config["models"][model].get("vision_steps", config["vision_steps"]) == steps, (profile, model)
+    for profile, steps in (("quick", 40), ("demo", 1200), ("full", 750)):  # the teacher's stage 1
+        config = yaml.safe_load((tmp_path / profile / "configs" / "base_teacher.yaml").read_text())
+        assert config["models"]["teacher"].get("steps", config["steps"]) == steps, profile

@@ -441,7 +441,7 @@ def test_shared_classifier_runs_the_trunk_once_and_feeds_every_merger(run):
 
 def test_models_with_the_same_tower_share_stage_0(tmp_path):
     # stage 1 at lr 0 leaves the towers as stage 0 made them
-    changes = dict(models=SAME_TOWER, vision_steps=4, vision_num_images=16, vision_batch_size=8, steps=1, save_every=2,
+    changes = dict(models=SAME_TOWER, vision_steps=4, vision_num_images=48, vision_batch_size=8, steps=1, save_every=2,
                    lr=0.0, weight_decay=0.0)
     results = pretrain(few_step_config(tmp_path / "shared", **changes))
     assert results["student"]["vision_stage"]["shared_with"] == ["teacher"]
@@ -462,7 +462,8 @@ def test_models_with_the_same_tower_share_stage_0(tmp_path):
     from benchmarks.base_models import check_unseen
 
     metrics = json.loads((tmp_path / "shared" / "metrics.json").read_text())
-    used = {"world_seed": 0, "train": [0, 8], "held_out": [8, 10], "stage_0": [10, 14]}  # 32, 8 and 16 images
+    # 32 training, 8 held-out images; stage 0's pool: the 32 training images and 16 of its own
+    used = {"world_seed": 0, "train": [0, 8], "held_out": [8, 10], "stage_0": [10, 14]}
     assert metrics["student"]["world_groups"] == metrics["teacher"]["world_groups"] == used
     with pytest.raises(ValueError, match="overlap the stage_0 groups 10-13"):
         check_unseen(str(tmp_path / "shared" / "teacher"), 0, 12, 20)
@@ -506,6 +507,37 @@ def test_stage_0_pool_does_not_depend_on_the_workers():
         render_pool(0, 56, 3, 37, workers=0)
 
 
+@pytest.mark.parametrize("from_train", [True, False])
+def test_stage_0_pool_starts_with_the_training_images(tmp_path, monkeypatch, from_train):
+    import training.pretrain_base as pretrain_base
+
+    seen = {}
+
+    def spy(models, config, accelerator, transform, images, scenes, *rest):
+        seen.update(images=images.clone(), scenes=list(scenes))
+        return train_vision(models, config, accelerator, transform, images, scenes, *rest)
+
+    train_vision = pretrain_base.train_vision
+    monkeypatch.setattr(pretrain_base, "train_vision", spy)
+    config = few_step_config(tmp_path / "pool", models={"student": TINY_MODELS["student"]}, vision_steps=1,
+                             vision_num_images=40, vision_batch_size=8, steps=1, save_every=1,
+                             vision_pool_from_train=from_train)
+    pretrain(config)
+    world = SyntheticWorld(0)  # 32 training images in groups 0-7, 8 held-out ones in groups 8-9
+    training = [item for group in world.groups(8) for item in group.items]
+    own = [item for group in world.groups(10, start=10) for item in group.items]
+    expected = (training + own[:8]) if from_train else own[:40]
+    assert torch.equal(seen["images"], torch.from_numpy(np.stack([item.image for item in expected])))
+    assert seen["scenes"] == [item.scene for item in expected]
+    used = json.loads((tmp_path / "pool" / "metrics.json").read_text())["student"]["world_groups"]
+    assert used["stage_0"] == ([10, 12] if from_train else [10, 20])
+
+
+def test_render_pool_of_no_images():
+    images, scenes = render_pool(0, 56, 3, 0, workers=2)
+    assert images.shape == (0, 56, 56, 3) and images.dtype == torch.uint8 and scenes == []
+
+
 def test_a_model_can_have_its_own_vision_steps(tmp_path):
     models = {"student": dict(TINY_MODELS["student"], vision_steps=3), "teacher": TINY_MODELS["teacher"]}
     changes = dict(models=models, vision_num_images=16, vision_batch_size=8, steps=1, save_every=1)
@@ -516,6 +548,23 @@ def test_a_model_can_have_its_own_vision_steps(tmp_path):
     bad = dict(models, student=dict(TINY_MODELS["student"], vision_steps=-1))
     with pytest.raises(ValueError, match="`vision_steps` of model 'student'"):
         pretrain(few_step_config(tmp_path / "bad", **dict(changes, models=bad)))
+
+
+def test_a_model_can_have_its_own_steps(tmp_path):
+    # stage 1: the teacher's own 3 steps against the config's 1; the student's curve equals a 1-step run's
+    models = {"student": TINY_MODELS["student"], "teacher": dict(TINY_MODELS["teacher"], steps=3)}
+    changes = dict(models=models, steps=1, save_every=1)
+    results = pretrain(few_step_config(tmp_path / "own", **changes))
+    assert results["teacher"]["steps"] == 3 and len(results["teacher"]["losses"]) == 3
+    assert results["student"]["steps"] == 1 and len(results["student"]["losses"]) == 1
+    metrics = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    assert metrics["teacher"]["steps"] == 3 and metrics["student"]["steps"] == 1
+    alone = pretrain(few_step_config(tmp_path / "alone", **dict(changes, models={"student": TINY_MODELS["student"]})))
+    assert alone["student"]["losses"] == results["student"]["losses"]
+    for bad in (-1, 2.5, True):
+        models_bad = dict(models, teacher=dict(TINY_MODELS["teacher"], steps=bad))
+        with pytest.raises(ValueError, match="`steps` of model 'teacher' must be a non-negative integer"):
+            pretrain(few_step_config(tmp_path / "bad", **dict(changes, models=models_bad)))
 
 
 def test_patch_size_reaches_the_processor_and_every_model(tmp_path):

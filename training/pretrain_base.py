@@ -12,7 +12,9 @@ answer's mean token loss weighing the same. Before that, with `vision_steps` > 0
 (`training.vision_stage`) trains each model's vision tower alone to classify the scene's attributes, as real VLMs
 start from a pretrained vision encoder; its classification heads are not part of the saved model. Models whose towers
 have the same config train one shared trunk in that stage (`vision_shared`; the shipped teacher and student do), as
-one vision encoder serves every size of a real VLM family.
+one vision encoder serves every size of a real VLM family. Stage 0's image pool starts with the conversations'
+training images (`vision_pool_from_train`, rendered once for both stages) and goes on with world groups after the
+held-out ones. A model may set its own `vision_steps` and `steps` (stage 1) in `models`.
 
 Each model is saved as an ordinary Hugging Face checkpoint (`<output_dir>/<name>`: safetensors weights, config,
 processor with tokenizer and chat template), which every later stage loads exactly as a downloaded one:
@@ -79,11 +81,12 @@ class PretrainBaseConfig:
                 "text_config": {"hidden_size": 192, "intermediate_size": 384, "num_hidden_layers": 3,
                                 "num_attention_heads": 12, "num_key_value_heads": 4, "initializer_range": 0.06},
                 "vision_config": {"embed_dim": 64, "num_heads": 4, "initializer_range": 0.06},
+                "steps": 750,
             },
         },
         metadata={"help": "models to train, by name: overrides of the tiny Qwen2-VL config (`text_config`, "
                           "`vision_config`; the vision merger's output width follows the text width) and optionally "
-                          "the model's own `vision_steps`, which wins over the config's"},
+                          "the model's own `vision_steps` and `steps`, which win over the config's"},
     )
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
     num_train_images: int = field(
@@ -131,7 +134,9 @@ class PretrainBaseConfig:
     micro_batch_size: int = field(
         default=8, metadata={"help": "rows per forward pass; rows are sorted by length first, so each pads little"}
     )
-    steps: int = field(default=1000, metadata={"help": "optimizer steps per model (after the vision stage)"})
+    steps: int = field(
+        default=1000, metadata={"help": "stage 1: optimizer steps per model (a model may set its own in `models`)"}
+    )
     eval_every: int = field(default=500, metadata={"help": "steps between held-out evaluations (0: only at the end)"})
     eval_batch_size: int = field(default=64, metadata={"help": "sequences per forward pass in evaluation"})
     save_every: int = field(default=500, metadata={"help": "steps between training-state checkpoints"})
@@ -140,7 +145,7 @@ class PretrainBaseConfig:
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
     vision_steps: int = field(
-        default=5000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
+        default=4000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
                                      "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
     )
     vision_head: str = field(
@@ -161,8 +166,13 @@ class PretrainBaseConfig:
     vision_muon_lr: float = field(default=0.02, metadata={"help": "stage 0: Muon's peak learning rate"})
     vision_batch_size: int = field(default=64, metadata={"help": "stage 0: images per step, over all processes"})
     vision_num_images: int = field(
-        default=163840, metadata={"help": "stage 0: its own image pool (world groups after the held-out ones; "
-                                      "1.54 GB of 56 px images per process)"}
+        default=163840, metadata={"help": "stage 0: images in its pool (1.54 GB of 56 px images per process): the "
+                                      "conversations' training images if `vision_pool_from_train`, then world "
+                                      "groups after the held-out ones"}
+    )
+    vision_pool_from_train: bool = field(
+        default=True, metadata={"help": "stage 0: its pool starts with the conversations' training images (no "
+                                        "second rendering of them); false: only world groups after the held-out ones"}
     )
     vision_shared: bool = field(
         default=True,
@@ -502,20 +512,21 @@ def build_model(tokenizer, overrides: dict, seed: int):
 
 
 # ------------------------------------------------------------------------------------------------ training
-def model_vision_steps(name: str, steps) -> int:
-    """A model's stage-0 steps (its `vision_steps` in `models`, else the config's), checked."""
+def model_steps(name: str, key: str, steps) -> int:
+    """A model's `key` (`vision_steps`, `steps`: its own in `models`, else the config's), checked."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"`vision_steps` of model {name!r} must be a non-negative integer, got {steps!r}")
+        raise ValueError(f"`{key}` of model {name!r} must be a non-negative integer, got {steps!r}")
     return steps
 
 
-def model_overrides(name: str, overrides: dict, config: PretrainBaseConfig) -> tuple[dict, int]:
-    """A model's config overrides (with the processor's patch size) and its stage-0 steps (its own `vision_steps`
-    in `models`, else the config's)."""
+def model_overrides(name: str, overrides: dict, config: PretrainBaseConfig) -> tuple[dict, int, int]:
+    """A model's config overrides (with the processor's patch size), its stage-0 steps and its stage-1 steps (its own
+    `vision_steps` and `steps` in `models`, else the config's)."""
     overrides = dict(overrides)
-    steps = model_vision_steps(name, overrides.pop("vision_steps", config.vision_steps))
+    vision_steps = model_steps(name, "vision_steps", overrides.pop("vision_steps", config.vision_steps))
+    steps = model_steps(name, "steps", overrides.pop("steps", config.steps))
     overrides["vision_config"] = dict(overrides.get("vision_config", {}), patch_size=config.patch_size)
-    return overrides, steps
+    return overrides, vision_steps, steps
 
 
 def vision_groups(models: dict, steps: dict[str, int], shared: bool) -> list[list[str]]:
@@ -648,6 +659,8 @@ def render_world(seed: int, image_size: int, start_group: int, num_images: int, 
     Returns the `SyntheticItem`s, or without `items` the images `(N, H, W, 3)` uint8 and their scenes.
     """
     check_render_workers(workers)
+    if num_images == 0:
+        return [] if items else (torch.zeros(0, image_size, image_size, 3, dtype=torch.uint8), [])
     group_size = WorldConfig(image_size=image_size).group_size
     num_groups = math.ceil(num_images / group_size)
     bounds = np.linspace(start_group, start_group + num_groups, min(num_groups, 16 * workers) + 1).round()
@@ -679,15 +692,22 @@ def render_pool(seed: int, image_size: int, start_group: int, num_images: int,
     return render_world(seed, image_size, start_group, num_images, workers, items=False, desc="stage-0 images")
 
 
+def pool_from_train(config: PretrainBaseConfig, num_train_images: int) -> int:
+    """How many of stage 0's `vision_num_images` are the conversations' training images (the first ones)."""
+    return min(num_train_images, config.vision_num_images) if config.vision_pool_from_train else 0
+
+
 def world_groups(config: PretrainBaseConfig, stage_0: bool) -> dict:
     """The world groups a model's run used, `[first, end)` per part (and `world_seed`), so that benchmarks can hold
-    out others (`benchmarks/base_models.py` checks)."""
+    out others (`benchmarks/base_models.py` checks). `stage_0` holds the groups of stage 0's own images, after the
+    held-out ones; its pool's training images (`vision_pool_from_train`) are in `train`."""
     group_size = WorldConfig(image_size=config.image_size).group_size
     train = math.ceil(config.num_train_images / group_size)
     held_out = train + math.ceil(config.num_eval_images / group_size)
     used = dict(world_seed=config.world_seed, train=[0, train], held_out=[train, held_out])
     if stage_0:
-        used["stage_0"] = [held_out, held_out + math.ceil(config.vision_num_images / group_size)]
+        own = config.vision_num_images - pool_from_train(config, config.num_train_images)
+        used["stage_0"] = [held_out, held_out + math.ceil(own / group_size)]
     return used
 
 
@@ -743,9 +763,14 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
 
     built = {name: model_overrides(name, overrides, config) for name, overrides in config.models.items()}
     vision_pool = None
-    if any(steps for _, steps in built.values()):  # stage 0's own images: world groups after the held-out ones
-        vision_pool = render_pool(config.world_seed, config.image_size, num_train_groups + num_eval_groups,
-                                  config.vision_num_images, config.render_workers)
+    if any(steps for _, steps, _ in built.values()):
+        # stage 0's pool: the training images (`vision_pool_from_train`), then world groups after the held-out ones
+        reused = pool_from_train(config, len(train_items))
+        own_images, own_scenes = render_pool(config.world_seed, config.image_size, num_train_groups + num_eval_groups,
+                                             config.vision_num_images - reused, config.render_workers)
+        vision_pool = (torch.cat([images[:reused], own_images]), [item.scene for item in train_items[:reused]]
+                       + own_scenes)
+        del own_images
         data_seconds = time.perf_counter() - started
 
     processor = build_processor(build_tokenizer(train_items, config.vocab_size), config)
@@ -756,17 +781,18 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
         hparams = {key: value for key, value in asdict(config).items() if isinstance(value, int | float | str)}
         accelerator.init_trackers("pretrain_base", config=hparams)
 
-    models = {name: build_model(processor.tokenizer, overrides, config.seed) for name, (overrides, _) in built.items()}
-    steps = {name: vision_steps for name, (_, vision_steps) in built.items()}
+    models = {name: build_model(processor.tokenizer, built[name][0], config.seed) for name in built}
+    steps = {name: vision_steps for name, (_, vision_steps, _) in built.items()}
     vision = {}
     for group in vision_groups(models, steps, config.vision_shared):
         vision.update(run_vision_stage(group, models, steps[group[0]], config, accelerator, encoder, vision_pool,
                                        eval_indices, eval_scenes))
+    vision_pool = None  # stage 1 does not need it: 1.5 GB back
     results = {}
     metrics_path = Path(config.output_dir) / METRICS_FILE
     for name in config.models:
-        results[name] = train_model(name, models.pop(name), config, accelerator, processor, encoder, train_items,
-                                    eval_indices, eval_scenes, vision.get(name))
+        results[name] = train_model(name, models.pop(name), replace(config, steps=built[name][2]), accelerator,
+                                    processor, encoder, train_items, eval_indices, eval_scenes, vision.get(name))
         if accelerator.is_main_process:
             metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
             metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}
