@@ -42,6 +42,34 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def label_runs(axis, rows: list[dict]) -> None:
+    """Name each run once, beside its student's point (its teacher's if it has none), by the short name before its
+    ":" (the shipped run in bold); a label that would cover an earlier one moves down until it does not."""
+    figure = axis.figure
+    figure.canvas.draw()  # fixes the axes' limits, so data map to pixels
+    placed: list[tuple[float, float, float, float]] = []  # pixel boxes: left, bottom, right, top
+    points = {}
+    for row in rows:
+        shift = 0.4 if row["model"] == "student" else -0.4
+        if row["run"] not in points or row["model"] == "student":
+            points[row["run"]] = (row["minutes"] + shift, min(row[name] for name in ATTRIBUTES))
+    scale = figure.dpi / 72  # pixels per point
+    for run, (x, y) in sorted(points.items(), key=lambda item: item[1]):
+        name = run.split(":")[0]
+        px, py = axis.transData.transform((x, y))
+        width, height, offset = 5.2 * len(name) * scale, 10 * scale, -3.0
+        while True:
+            left, bottom = px + 8 * scale, py + (offset - 4) * scale
+            box = (left, bottom, left + width, bottom + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+            offset -= 10
+        placed.append(box)
+        axis.annotate(name, (x, y), textcoords="offset points", xytext=(8, offset), fontsize=8,
+                      fontweight="bold" if "shipped" in run else "normal",
+                      arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5) if offset < -3 else None)
+
+
 def plot(rows: list[dict], out: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 4.2))
     for model, marker, shift in (("teacher", "s", -0.4), ("student", "o", 0.4)):  # shifted apart to show both bars
@@ -50,12 +78,10 @@ def plot(rows: list[dict], out: Path) -> None:
         lowest = np.array([p[1] for p in points])
         axis.errorbar([p[0] + shift for p in points], lowest, yerr=1.96 * np.sqrt(lowest * (1 - lowest) / IMAGES),
                       fmt=marker, markersize=7, capsize=3, label=model, zorder=3)
-        if model == "student":
-            for minutes, lowest, run in points:
-                axis.annotate(run, (minutes + shift, lowest), textcoords="offset points", xytext=(8, -3), fontsize=8)
     minutes = [row["minutes"] for row in rows]
     axis.set_xlim(min(minutes) - 3, max(minutes) + 12)  # room for the labels
     axis.margins(y=0.12)
+    label_runs(axis, rows)
     axis.axhline(GOAL, color="grey", linestyle="--", linewidth=1)
     axis.text(axis.get_xlim()[1], GOAL, "goal: 95% ", ha="right", va="bottom", fontsize=8, color="grey")
     axis.set_xlabel("pretraining both bases, minutes (2 CPU cores)")
