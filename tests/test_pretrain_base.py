@@ -533,6 +533,26 @@ def test_stage_0_pool_starts_with_the_training_images(tmp_path, monkeypatch, fro
     assert used["stage_0"] == ([10, 12] if from_train else [10, 20])
 
 
+def test_pretraining_batches_the_vision_attention_of_every_model(tmp_path, monkeypatch):
+    import contextlib
+
+    import training.pretrain_base as pretrain_base
+
+    changed = []
+    batched = pretrain_base.batched_vision_attention
+
+    @contextlib.contextmanager
+    def spy(*models):
+        with batched(*models) as count:
+            changed.append((sorted(type(model).__name__ for model in models), count))
+            yield count
+
+    monkeypatch.setattr(pretrain_base, "batched_vision_attention", spy)
+    pretrain(few_step_config(tmp_path / "run", steps=1, save_every=1))
+    # the student's 1-block tower and the teacher's default 2-block one: 3 attention layers
+    assert changed == [(["Qwen2VLForConditionalGeneration"] * 2, 3)]
+
+
 def test_render_pool_of_no_images():
     images, scenes = render_pool(0, 56, 3, 0, workers=2)
     assert images.shape == (0, 56, 56, 3) and images.dtype == torch.uint8 and scenes == []

@@ -57,6 +57,7 @@ from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 from .config import parse_args
 from .state import has_training_state, loss_curve, replace_directory, save_training_state, start_or_resume
+from .vision_attention import batched_vision_attention
 from .vision_stage import HEADS, train_vision
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class PretrainBaseConfig:
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
     vision_steps: int = field(
-        default=4000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
+        default=5000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
                                      "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
     )
     vision_head: str = field(
@@ -783,21 +784,23 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
 
     models = {name: build_model(processor.tokenizer, built[name][0], config.seed) for name in built}
     steps = {name: vision_steps for name, (_, vision_steps, _) in built.items()}
-    vision = {}
-    for group in vision_groups(models, steps, config.vision_shared):
-        vision.update(run_vision_stage(group, models, steps[group[0]], config, accelerator, encoder, vision_pool,
-                                       eval_indices, eval_scenes))
-    vision_pool = None  # stage 1 does not need it: 1.5 GB back
-    results = {}
-    metrics_path = Path(config.output_dir) / METRICS_FILE
-    for name in config.models:
-        results[name] = train_model(name, models.pop(name), replace(config, steps=built[name][2]), accelerator,
-                                    processor, encoder, train_items, eval_indices, eval_scenes, vision.get(name))
-        if accelerator.is_main_process:
-            metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-            metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}
-            metrics_path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
-            metrics_path.with_suffix(".tmp").replace(metrics_path)
+    # one attention call per vision layer for the batch of equal-sized images, not one per image (same values)
+    with batched_vision_attention(*models.values()):
+        vision = {}
+        for group in vision_groups(models, steps, config.vision_shared):
+            vision.update(run_vision_stage(group, models, steps[group[0]], config, accelerator, encoder, vision_pool,
+                                           eval_indices, eval_scenes))
+        vision_pool = None  # stage 1 does not need it: 1.5 GB back
+        results = {}
+        metrics_path = Path(config.output_dir) / METRICS_FILE
+        for name in config.models:
+            results[name] = train_model(name, models.pop(name), replace(config, steps=built[name][2]), accelerator,
+                                        processor, encoder, train_items, eval_indices, eval_scenes, vision.get(name))
+            if accelerator.is_main_process:
+                metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+                metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}
+                metrics_path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
+                metrics_path.with_suffix(".tmp").replace(metrics_path)
     accelerator.end_training()
     return results
 
