@@ -45,8 +45,8 @@ def seed_runs(seed: int, args) -> dict[str, dict]:
                        dict(sft_overrides, output_dir=str(out / "cold_start"), steps=args.sft_steps))
     run(SFTTrainer, cold)
     # the SFT baseline is the cold start trained on: its training state, resumed for `rl_steps` more steps
-    if not (out / "sft" / "checkpoint").exists() and not (out / "sft" / "metrics.json").exists():
-        shutil.copytree(out / "cold_start" / "checkpoint", out / "sft" / "checkpoint")
+    if not (out / "sft" / "checkpoints").exists() and not (out / "sft" / "metrics.json").exists():
+        shutil.copytree(out / "cold_start" / "checkpoints", out / "sft" / "checkpoints")
     results = {"sft": run(SFTTrainer, load_config(SFTConfig, CONFIGS / "teacher_sft_tiny.yaml",
                                                   dict(sft_overrides, output_dir=str(out / "sft"), steps=total)))}
     for method in ("gdso", "grpo"):

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import parse_args  # noqa: E402
-from training.state import has_training_state, load_training_state, save_training_state  # noqa: E402
+from training.state import CheckpointManager, Progress  # noqa: E402
 from zreward_diffusers import ZRewardLoss  # noqa: E402
 
 from .attention import configure_attention  # noqa: E402
@@ -89,7 +89,10 @@ class RewardFinetuneConfig:
     early_stopping_patience: int = field(default=0, metadata={
         "help": "stop after this many evaluations without a better judged score (0: never)"})
     save_every: int = field(default=50, metadata={"help": "steps between training-state checkpoints"})
-    resume: bool = field(default=False, metadata={"help": "continue from <output_dir>/checkpoint"})
+    checkpoints_total_limit: int | None = field(default=None, metadata={
+        "help": "keep at most this many checkpoints in <output_dir>/checkpoints (oldest deleted first; none: all)"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the newest complete checkpoint in <output_dir>/checkpoints (none there: start)"})
     output_dir: str = field(default="runs/draft", metadata={"help": "LoRA weights, checkpoints, metrics"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker (none: off)"})
     mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision"})
@@ -140,15 +143,6 @@ def judge_images(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
     return np.mean(np.stack(list(scores.values())), axis=0)
 
 
-class LoraParameters(torch.nn.Module):
-    """The LoRA parameters as one module (for the training state): state dict keys are the denoiser's names."""
-
-    def __init__(self, denoiser: torch.nn.Module):
-        super().__init__()
-        self.named = {n.replace(".", "__"): p for n, p in denoiser.named_parameters() if "lora_" in n}
-        self.params = torch.nn.ParameterDict(self.named)
-
-
 class RewardFinetuner:
     def __init__(self, config: RewardFinetuneConfig):
         if config.method not in METHODS:
@@ -185,19 +179,19 @@ class RewardFinetuner:
             self.train_prompts, self.eval_prompts = lines[config.eval_prompts:], lines[:config.eval_prompts]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        self.lora_module = LoraParameters(denoiser)
+        self.denoiser, self.optimizer, self.scheduler = self.accelerator.prepare(denoiser, self.optimizer,
+                                                                                 self.scheduler)
+        self.checkpoints = CheckpointManager(self.accelerator, self.output_dir / "checkpoints",
+                                             config.checkpoints_total_limit)
         self.start_step, self.seconds, self.history = 0, 0.0, []
-        if config.resume and has_training_state(self.output_dir / "checkpoint"):
-            self.start_step, self.seconds, extra = load_training_state(self.output_dir / "checkpoint",
-                                                                       self.lora_module, self.optimizer,
-                                                                       self.scheduler)
-            self.history = extra.get("history", [])
-            if "reward_stats" in extra:  # the reward's running normalisation goes on where it was
-                stats = extra["reward_stats"]
-                self.reward.running_mean.copy_(torch.tensor(stats["running_mean"]))
-                self.reward.running_var.copy_(torch.tensor(stats["running_var"]))
-                self.reward.num_batches_tracked.fill_(stats["num_batches_tracked"])
-        self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, self.optimizer)
+        progress = self.checkpoints.resume() if config.resume else None
+        if progress is not None:
+            self.start_step, self.seconds = progress.step, progress.train_seconds
+            self.history = progress.extra["history"]
+            stats = progress.extra["reward_stats"]  # the reward's running normalisation goes on where it was
+            self.reward.running_mean.copy_(torch.tensor(stats["running_mean"]))
+            self.reward.running_var.copy_(torch.tensor(stats["running_var"]))
+            self.reward.num_batches_tracked.fill_(stats["num_batches_tracked"])
 
     def generator(self, step: int, stream: int = 0) -> torch.Generator:
         """The noise of step `step` (`stream` 0: training, 7: evaluation), the same on every process: each keeps
@@ -336,13 +330,9 @@ class RewardFinetuner:
             save_lora(self.pipe, self.output_dir / name)
 
     def save_state(self, step: int, seconds: float) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_training_state(self.output_dir / "checkpoint", self.lora_module, self.optimizer, self.scheduler,
-                                step, seconds, extra={"history": self.history, "reward_stats": {
-                                    "running_mean": self.reward.running_mean.tolist(),
-                                    "running_var": self.reward.running_var.tolist(),
-                                    "num_batches_tracked": int(self.reward.num_batches_tracked)}})
+        stats = {"running_mean": self.reward.running_mean.tolist(), "running_var": self.reward.running_var.tolist(),
+                 "num_batches_tracked": int(self.reward.num_batches_tracked)}
+        self.checkpoints.save(Progress(step, seconds, {"history": self.history, "reward_stats": stats}))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -27,18 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import parse_args  # noqa: E402
-from training.state import (  # noqa: E402
-    has_training_state,
-    load_training_state,
-    loss_curve,
-    replace_directory,
-    save_training_state,
-)
+from training.state import CheckpointManager, Progress, loss_curve, replace_directory  # noqa: E402
 
 from .tiny import tiny_clip_tokenizer  # noqa: E402
 
@@ -107,12 +102,28 @@ def _batch(step: int, config: GeneratorConfig, count: int, stream: int) -> np.nd
     return np.random.default_rng([config.seed, stream, step]).integers(count, size=config.batch_size)
 
 
-def train_vae(vae, images: torch.Tensor, config: GeneratorConfig, state_dir: Path) -> list[float]:
+def start_or_resume(accelerator, module, optimizer, scheduler, state_dir: Path):
+    """Prepare `module`, `optimizer` and `scheduler`, then resume from the newest checkpoint in `state_dir` if any
+    (the generator's stages always resume). Returns the prepared objects, their `CheckpointManager` and the
+    `Progress`.
+
+    Every process trains on the same batches and gets the same gradients, so the module is registered for the
+    checkpoint without a DDP wrapper (`evaluation_mode=True`): the loop calls the VAE's `encode`/`decode`, which a
+    wrapper's `forward` would not see.
+    """
+    accelerator.free_memory()  # the previous stage's objects leave the accelerator's checkpointed state
+    module = accelerator.prepare_model(module, evaluation_mode=True)
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    checkpoints = CheckpointManager(accelerator, state_dir, total_limit=1)
+    return module, optimizer, scheduler, checkpoints, checkpoints.resume() or Progress()
+
+
+def train_vae(accelerator, vae, images: torch.Tensor, config: GeneratorConfig, state_dir: Path) -> list[float]:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    start, _, extra = (load_training_state(state_dir, vae, optimizer, scheduler) if has_training_state(state_dir)
-                       else (0, 0.0, {}))
-    losses = extra.get("losses", [])
+    prepared, optimizer, scheduler, checkpoints, progress = start_or_resume(accelerator, vae, optimizer, scheduler,
+                                                                            state_dir)
+    start, losses = progress.step, progress.extra.get("losses", [])
     vae.train()
     for step in tqdm(range(start, config.vae_steps), desc="vae", initial=start, total=config.vae_steps):
         x = images[_batch(step, config, len(images), 1)]
@@ -121,12 +132,12 @@ def train_vae(vae, images: torch.Tensor, config: GeneratorConfig, state_dir: Pat
         reconstruction = vae.decode(posterior.sample()).sample
         loss = (F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
                 + config.vae_kl_weight * posterior.kl().mean())
-        loss.backward()
+        accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         if (step + 1) % config.save_every == 0 or step + 1 == config.vae_steps:
-            save_training_state(state_dir, vae, optimizer, scheduler, step + 1, 0.0, extra={"losses": losses})
+            checkpoints.save(Progress(step + 1, 0.0, {"losses": losses}))
     vae.eval()
     return losses
 
@@ -137,13 +148,13 @@ class _Denoiser(torch.nn.Module):
         self.unet, self.text_encoder = unet, text_encoder
 
 
-def train_unet(unet, text_encoder, tokenizer, vae, scheduler, images, prompts, config, state_dir: Path) -> list[float]:
+def train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, images, prompts, config,
+               state_dir: Path) -> list[float]:
     module = _Denoiser(unet, text_encoder)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.unet_lr)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))
-    start, _, extra = (load_training_state(state_dir, module, optimizer, lr) if has_training_state(state_dir)
-                       else (0, 0.0, {}))
-    losses = extra.get("losses", [])
+    prepared, optimizer, lr, checkpoints, progress = start_or_resume(accelerator, module, optimizer, lr, state_dir)
+    start, losses = progress.step, progress.extra.get("losses", [])
     with torch.no_grad():  # the frozen VAE's latent means, once
         latents = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
         latents = latents * vae.config.scaling_factor
@@ -163,14 +174,14 @@ def train_unet(unet, text_encoder, tokenizer, vae, scheduler, images, prompts, c
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(tokens)[0]).sample
         loss = F.mse_loss(prediction, noise)
-        loss.backward()
+        accelerator.backward(loss)
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
         lr.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         if (step + 1) % config.save_every == 0 or step + 1 == config.unet_steps:
-            save_training_state(state_dir, module, optimizer, lr, step + 1, 0.0, extra={"losses": losses})
+            checkpoints.save(Progress(step + 1, 0.0, {"losses": losses}))
     module.eval()
     return losses
 
@@ -185,14 +196,14 @@ def train_generator(config: GeneratorConfig) -> dict:
     started = time.perf_counter()
     images, prompts = world_data(config)
     vae, text_encoder, tokenizer, unet, scheduler = build_components(config)
-    vae_losses = train_vae(vae, images, config, out / "vae_state")
+    accelerator = Accelerator(cpu=True)  # the tiny generator trains on the CPU, identically on every process
+    vae_losses = train_vae(accelerator, vae, images, config, out / "vae_state")
     vae.requires_grad_(False)
-    unet_losses = train_unet(unet, text_encoder, tokenizer, vae, scheduler, images, prompts, config,
+    unet_losses = train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, images, prompts, config,
                              out / "unet_state")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    replace_directory(out / "pipeline", lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True))
     metrics = {"images": len(images), "image_size": config.image_size,
                "seconds": round(time.perf_counter() - started), "vae_final_loss": float(np.mean(vae_losses[-50:])),
                "unet_final_loss": float(np.mean(unet_losses[-50:])),
@@ -200,7 +211,10 @@ def train_generator(config: GeneratorConfig) -> dict:
                "parameters": {"vae": sum(p.numel() for p in vae.parameters()),
                               "unet": sum(p.numel() for p in unet.parameters()),
                               "text_encoder": sum(p.numel() for p in text_encoder.parameters())}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if accelerator.is_main_process:
+        replace_directory(out / "pipeline", lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    accelerator.wait_for_everyone()
     return metrics
 
 

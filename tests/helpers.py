@@ -40,6 +40,16 @@ def random_images(batch_size: int, height: int, width: int, seed: int = 0) -> to
 REPO = Path(__file__).resolve().parents[1]
 
 
+def optimizer_state(checkpoint_dir: Path, index: int = 0) -> dict[int, dict[str, torch.Tensor]]:
+    """The per-parameter moments of optimizer `index` in the newest checkpoint under `checkpoint_dir` (read with
+    `weights_only=True`, as accelerate reads it)."""
+    from training.state import latest_checkpoint
+
+    checkpoint = latest_checkpoint(checkpoint_dir)
+    name = "optimizer.bin" if index == 0 else f"optimizer_{index}.bin"
+    return torch.load(checkpoint / name, weights_only=True)["state"]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for a gloo rendezvous)."""
     with socket.socket() as probe:

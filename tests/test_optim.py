@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from accelerate import Accelerator
 from torch import nn
 
 from training.optim import MuonAdamW, muon_parameters, orthogonalize
-from training.state import load_training_state, save_training_state
+from training.state import CheckpointManager, Progress
 
 
 @pytest.mark.parametrize("shape", [(16, 48), (48, 16), (32, 32)])
@@ -93,16 +94,18 @@ def test_a_schedule_scales_both_groups_and_the_state_resumes_exactly(tmp_path):
         optimizer = MuonAdamW(*muon_parameters(net, exclude=("2.",)), muon_lr=0.02, lr=1e-2, weight_decay=0.01)
         return net, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
 
-    net, optimizer, scheduler = build()
+    accelerator = Accelerator(cpu=True)
+    net, optimizer, scheduler = accelerator.prepare(*build())
     full = []
     for i, batch in enumerate(batches):
         full += _train(net, optimizer, [batch])
         scheduler.step()
         if i == 3:
-            save_training_state(tmp_path / "state", net, optimizer, scheduler, 4, 0.0)
+            CheckpointManager(accelerator, tmp_path / "state").save(Progress(step=4))
     assert [group["lr"] for group in optimizer.param_groups] == [0.02 / 9, 1e-2 / 9]
-    net, optimizer, scheduler = build()
-    assert load_training_state(tmp_path / "state", net, optimizer, scheduler)[0] == 4
+    accelerator.free_memory()
+    net, optimizer, scheduler = accelerator.prepare(*build())
+    assert CheckpointManager(accelerator, tmp_path / "state").resume().step == 4
     resumed = []
     for batch in batches[4:]:
         resumed += _train(net, optimizer, [batch])

@@ -286,7 +286,7 @@ def test_clip_student_distils_and_loads_through_zreward_loss(models, tmp_path):
 
 
 def test_clip_student_two_processes_match_one(models, tmp_path):
-    # both processes build the teacher cache, the main one trains: the run equals a 1-process run
+    # both processes build the teacher cache and train on their shares of each step: the run equals a 1-process run
     from training.risd_clip import RISDClipConfig
 
     teacher, _ = models
@@ -302,5 +302,5 @@ def test_clip_student_two_processes_match_one(models, tmp_path):
         runs[processes] = json.loads((out / "clip" / "metrics.json").read_text())
     for key in ("loss", "distill", "gap", "human"):
         np.testing.assert_allclose([h[key] for h in runs[2]["history"]], [h[key] for h in runs[1]["history"]],
-                                   rtol=1e-5, err_msg=key)
+                                   rtol=1e-5, atol=1e-8, err_msg=key)  # the gap term is ~1e-5: float sums differ
     assert runs[2]["preference_accuracy"] == pytest.approx(runs[1]["preference_accuracy"])

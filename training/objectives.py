@@ -119,6 +119,38 @@ def bradley_terry_loss(score_a: torch.Tensor, score_b: torch.Tensor) -> torch.Te
     return -F.logsigmoid(score_a - score_b)
 
 
+def rewarddance_loss(yes_no_log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The RewardDance-style baseline's loss per row (RewardDance, arXiv 2509.08826, in its pointwise form).
+
+    Cross-entropy of the soft yes-target t ∈ [0, 1] against the model's (" no", " yes") distribution at the answer
+    slot: −(t · log P(yes) + (1 − t) · log P(no)). `yes_no_log_probs` `(B, 2)` are log-probabilities over the two read
+    tokens, index 0 " no" and index 1 " yes" (P(yes) is the reward); `target` `(B,)`.
+    """
+    return -(target * yes_no_log_probs[:, 1] + (1 - target) * yes_no_log_probs[:, 0])
+
+
+def reverse_kl_exact(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    """OPD's loss in closed form (METHOD eq. 14): KL(p_S ‖ p_T) = Σ_s p_S(s) (log p_S(s) − log p_T(s)) per row.
+
+    `student_log_probs`, `teacher_log_probs` `(B, V)`: log-probabilities over the same vocabulary. The student comes
+    first (reverse KL, mode-seeking: the expectation is under the student's own distribution).
+    """
+    return (student_log_probs.exp() * (student_log_probs - teacher_log_probs)).sum(-1)
+
+
+def reverse_kl_reinforce(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor,
+                         samples: torch.Tensor) -> torch.Tensor:
+    """OPD's sampled surrogate per row: −mean_s [r(s) · log p_S(s)] with the detached reward r = −(log p_S − log p_T).
+
+    `samples` `(B, S)` are token ids drawn from p_S. Its gradient is an unbiased (REINFORCE) estimate of the gradient
+    of KL(p_S ‖ p_T); its value is not the KL (log the exact one for that).
+    """
+    sampled_s = student_log_probs.gather(1, samples)
+    sampled_t = teacher_log_probs.gather(1, samples)
+    reward = -(sampled_s - sampled_t).detach()
+    return -(reward * sampled_s).mean(dim=1)
+
+
 def grpo_score_rewards(sampled_levels: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                        format_reward: float = 1.0, tolerance: float = 0.5) -> torch.Tensor:
     """The GRPO baseline's reward: 1[|s − y| ≤ 0.5] + format_reward · [valid score token after finished reasoning].

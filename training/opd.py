@@ -25,6 +25,7 @@ import torch
 
 from .data import step_rng
 from .gdso import unit_seed
+from .objectives import reverse_kl_exact, reverse_kl_reinforce
 from .sequences import Row, forward_rows
 from .trainer import RewardTrainer, RewardTrainingConfig, load_base, run_entry_point
 
@@ -73,7 +74,7 @@ class OPDTrainer(RewardTrainer):
         with torch.no_grad():
             teacher = forward_rows(self.teacher, batch, read_ids)
         log_s, log_t = student.answer_log_probs, teacher.answer_log_probs
-        exact = (log_s.exp() * (log_s - log_t)).sum(-1)  # KL(p_S || p_T) per input
+        exact = reverse_kl_exact(log_s, log_t)  # KL(p_S || p_T) per input
         if config.estimator == "exact":
             loss_sum = exact.sum()
         else:
@@ -81,9 +82,7 @@ class OPDTrainer(RewardTrainer):
                 torch.multinomial(log_s[i].detach().exp().cpu(), config.num_samples, replacement=True,
                                   generator=torch.Generator().manual_seed(unit_seed(config.seed, step, u)))
                 for i, (u, _, _) in enumerate(local)]).to(device)  # (B, S)
-            sampled_s, sampled_t = log_s.gather(1, samples), log_t.gather(1, samples)
-            reward = -(sampled_s - sampled_t).detach()
-            loss_sum = -(reward * sampled_s).mean(dim=1).sum()
+            loss_sum = reverse_kl_reinforce(log_s, log_t, samples).sum()
         self.accelerator.backward(loss_sum / config.batch_size * self.world_size)
         with torch.no_grad():
             sums = {"reverse_kl": float(exact.sum()),

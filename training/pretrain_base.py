@@ -24,8 +24,9 @@ processor with tokenizer and chat template), which every later stage loads exact
 
 `<output_dir>/metrics.json` holds the held-out accuracies (colour, shape, count and background named by the
 highest log-likelihood among the candidate answers, not by free generation) and the training time of each model.
-A periodic training state (`<output_dir>/checkpoints/<name>`: weights, AdamW moments, scheduler, RNG, step, in
-safetensors and JSON) lets `--resume` continue a run exactly: each step's batch is a function of (seed, step).
+Periodic checkpoints (`<output_dir>/checkpoints/<name>/checkpoint-<step>`, written by `accelerator.save_state`
+through `training.state.CheckpointManager`) let `--resume` continue a run exactly: each step's batch is a function of
+(seed, step).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from zreward_diffusers.testing import tiny_config, tiny_processor
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 from .config import parse_args
-from .state import has_training_state, loss_curve, replace_directory, save_training_state, start_or_resume
+from .state import Progress, latest_checkpoint, loss_curve, replace_directory, start_or_resume
 from .vision_attention import batched_vision_attention
 from .vision_stage import HEADS, train_vision
 
@@ -141,10 +142,13 @@ class PretrainBaseConfig:
     eval_every: int = field(default=500, metadata={"help": "steps between held-out evaluations (0: only at the end)"})
     eval_batch_size: int = field(default=64, metadata={"help": "sequences per forward pass in evaluation"})
     save_every: int = field(default=500, metadata={"help": "steps between training-state checkpoints"})
+    checkpoints_total_limit: int | None = field(default=None, metadata={
+        "help": "checkpoints kept per model and stage (oldest deleted first; none: all)"})
     log_every: int = field(default=10, metadata={"help": "steps between logged losses"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker, or null for none"})
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
-    resume: bool = field(default=False, metadata={"help": "continue each model from its last training state"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue each model from its newest complete checkpoint (none there: start it)"})
     vision_steps: int = field(
         default=5000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
                                      "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
@@ -551,7 +555,7 @@ def run_vision_stage(group: list[str], models: dict, steps: int, config: Pretrai
     model): the summaries written at the end of the stage are read back.
     """
     checkpoints = Path(config.output_dir) / "checkpoints"
-    if config.resume and all(has_training_state(checkpoints / name) for name in group):
+    if config.resume and all(latest_checkpoint(checkpoints / name) for name in group):
         return {name: json.loads((checkpoints / f"{name}-vision.json").read_text()) for name in group}
     if len(group) > 1:
         logger.info("stage 0: %s share one vision trunk", ", ".join(group))
@@ -583,11 +587,10 @@ def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accel
     output_dir = Path(config.output_dir)
     state_dir = output_dir / "checkpoints" / name
     num_parameters = sum(p.numel() for p in model.parameters())
-    model, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
+    model, optimizer, scheduler, checkpoints, progress = start_or_resume(
         model, config.lr, config.steps, config, accelerator, state_dir,
         muon_lr=config.muon_lr if config.optimizer == "muon" else None, muon_exclude=MUON_EXCLUDE)
-    if start_step:
-        logger.info("%s: resumed from step %d", name, start_step)
+    start_step, train_seconds, extra = progress.step, progress.train_seconds, progress.extra
 
     rank, world = accelerator.process_index, accelerator.num_processes
     losses, accuracy = list(extra.get("losses", [])), {}
@@ -611,10 +614,7 @@ def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accel
             logger.info("%s step %d: held-out accuracy %s", name, done, accuracy)
         if done % config.save_every == 0 or done == config.steps:
             elapsed = train_seconds + time.perf_counter() - started
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_training_state(state_dir, accelerator.unwrap_model(model), optimizer, scheduler, done, elapsed,
-                                    extra={"losses": losses})
+            checkpoints.save(Progress(done, elapsed, {"losses": losses}))
     train_seconds += time.perf_counter() - started
     if not accuracy:  # nothing left to train after a resume
         accuracy = evaluate(model, encoder, eval_indices, eval_scenes, accelerator, config.eval_batch_size)

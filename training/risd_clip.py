@@ -7,7 +7,9 @@ teacher cache, on open_clip towers with a K-level head per dimension instead of 
 `init: tiny` builds a tiny open_clip CLIP from config (the world's default); `init: <arch>@<local weights file>`
 (e.g. `ViT-B-32@/models/open_clip_vit_b32.bin`) starts from pretrained towers. The result is a checkpoint that
 `ZRewardLoss.from_pretrained` loads like the VLM students. Under `accelerate launch` every process builds its share of
-the teacher cache; the main process alone trains the (small) student, and the others return.
+the teacher cache and trains on its share of each step's groups (one forward over all dimensions' heads a step, so
+DDP sees one forward per backward); the losses are divided by global counts, so any number of processes gives the
+same update for the same global batch.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from zreward_diffusers import ZRewardLoss
@@ -32,7 +34,7 @@ from .config import parse_args
 from .data import DataSpec, ImageBank, load_split, step_rng
 from .objectives import huber, kl_to_target, soft_target
 from .risd import load_teacher_targets
-from .state import has_training_state, load_training_state, save_training_state
+from .state import CheckpointManager, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,10 @@ class RISDClipConfig:
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     steps: int = field(default=600, metadata={"help": "optimizer steps"})
     save_every: int = field(default=200, metadata={"help": "steps between training states"})
-    resume: bool = field(default=False, metadata={"help": "continue from <output_dir>/checkpoint"})
+    checkpoints_total_limit: int | None = field(default=None, metadata={
+        "help": "keep at most this many checkpoints in <output_dir>/checkpoints (oldest deleted first; none: all)"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the newest complete checkpoint in <output_dir>/checkpoints (none there: start)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and batches"})
 
 
@@ -75,9 +80,10 @@ def build_student(init: str, seed: int) -> ClipStudentScorer:
 
 
 def train(config: RISDClipConfig) -> dict:
-    """Build (or load) the teacher cache, train, export; returns the metrics (empty on processes other than the
-    main one)."""
-    accelerator = Accelerator()
+    """Build (or load) the teacher cache, train, export; returns the metrics (on every process)."""
+    # a process's rows may not use every dimension's head, and open_clip's towers hold parameters the scorer does
+    # not read (e.g. `logit_scale`): DDP must look for unused parameters
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out = Path(config.output_dir)
     torch.manual_seed(config.seed)
     student = build_student(config.init, config.seed)
@@ -86,86 +92,85 @@ def train(config: RISDClipConfig) -> dict:
     train_set, eval_set = load_split(config.train_data), load_split(config.eval_data)
     train_bank, eval_bank = ImageBank(train_set), ImageBank(eval_set)
     targets, _ = load_teacher_targets(config, train_set, train_bank, dimensions, rubric, accelerator)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        # the CLIP student is small: every process helps build the teacher cache, the main process alone trains
-        return {}
     groups = [records for records in train_set.groups().values() if len(records) >= 2]
     units = [(records, d) for records in groups for d in dimensions]
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    start, seconds, extra = 0, 0.0, {}
-    if config.resume and has_training_state(out / "checkpoint"):
-        start, seconds, extra = load_training_state(out / "checkpoint", student, optimizer, scheduler)
-    history = extra.get("history", [])
-    student.train()
-    levels = student.levels
+    model, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    checkpoints = CheckpointManager(accelerator, out / "checkpoints", config.checkpoints_total_limit)
+    progress = (checkpoints.resume() if config.resume else None) or Progress()
+    start, seconds, history = progress.step, progress.train_seconds, progress.extra.get("history", [])
+    model.train()
+    levels = student.levels.to(accelerator.device)
+    rank, world = accelerator.process_index, accelerator.num_processes
     started = time.perf_counter()
-    for step in tqdm(range(start, config.steps), desc="risd_clip", initial=start, total=config.steps):
+    for step in tqdm(range(start, config.steps), desc="risd_clip", initial=start, total=config.steps,
+                     disable=not accelerator.is_local_main_process):
         rng = step_rng(config.seed, step)
         chosen = rng.choice(len(units), size=config.groups_per_step, replace=len(units) < config.groups_per_step)
-        by_dimension: dict[str, list] = {}
-        for i in chosen.tolist():
-            records, dimension = units[i]
-            by_dimension.setdefault(dimension, []).append(records)
-        loss_terms, logs = [], {"distill": 0.0, "gap": 0.0, "human": 0.0}
-        num_rows = sum(len(r) for rs in by_dimension.values() for r in rs)
-        num_pairs = sum(len(r) * (len(r) - 1) // 2 for rs in by_dimension.values() for r in rs)
-        for dimension, group_list in by_dimension.items():
-            records = [r for group in group_list for r in group]
-            images = train_bank.images[[train_bank.index[r.record_id] for r in records]]
-            out_scores = student(images.permute(0, 3, 1, 2).float() / 255, [r.prompt for r in records], [dimension])
-            log_probs = out_scores.logits[:, 0].log_softmax(-1)
-            target = torch.stack([targets[r.record_id, dimension] for r in records])
-            human = torch.stack([soft_target(r, dimension, levels) for r in records])
-            distill = kl_to_target(target, log_probs).sum()
-            human_kl = kl_to_target(human, log_probs).sum()
-            mu_s, mu_t = (log_probs.exp() * levels).sum(-1), (target * levels).sum(-1)
-            gap, offset = torch.zeros(()), 0
-            for group in group_list:
-                first, second = torch.triu_indices(len(group), len(group), offset=1) + offset
-                error = (mu_s[first] - mu_s[second]) - (mu_t[first] - mu_t[second])
-                gap = gap + huber(error, config.huber_delta).sum()
-                offset += len(group)
-            loss_terms.append(distill / num_rows + config.gap_weight * gap / max(num_pairs, 1)
-                              + config.human_weight * human_kl / num_rows)
-            logs["distill"] += float(distill) / num_rows
-            logs["gap"] += float(gap) / max(num_pairs, 1)
-            logs["human"] += float(human_kl) / num_rows
-        loss = sum(loss_terms)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        chosen_units = [units[i] for i in chosen.tolist()]
+        num_rows = sum(len(records) for records, _ in chosen_units)  # over the global batch
+        num_pairs = sum(len(records) * (len(records) - 1) // 2 for records, _ in chosen_units)
+        local_units = chosen_units[rank::world]
+        records = [r for group, _ in local_units for r in group]
+        dimension_of_row = torch.tensor([rubric.dimension_index(d) for group, d in local_units for _ in group],
+                                        device=accelerator.device)
+        images = train_bank.images[[train_bank.index[r.record_id] for r in records]].to(accelerator.device)
+        logits = model(images.permute(0, 3, 1, 2).float() / 255, [r.prompt for r in records]).logits  # (B, D, K)
+        log_probs = logits[torch.arange(len(records), device=accelerator.device), dimension_of_row].log_softmax(-1)
+        target = torch.stack([targets[r.record_id, d] for group, d in local_units for r in group]).to(log_probs)
+        cpu_levels = rubric.levels_tensor()
+        human = torch.stack([soft_target(r, d, cpu_levels) for group, d in local_units for r in group]).to(log_probs)
+        distill = kl_to_target(target, log_probs).sum()
+        human_kl = kl_to_target(human, log_probs).sum()
+        mu_s, mu_t = (log_probs.exp() * levels).sum(-1), (target * levels).sum(-1)
+        gap, offset = log_probs.new_zeros(()), 0
+        for group, _ in local_units:
+            first, second = torch.triu_indices(len(group), len(group), offset=1, device=log_probs.device) + offset
+            error = (mu_s[first] - mu_s[second]) - (mu_t[first] - mu_t[second])
+            gap = gap + huber(error, config.huber_delta).sum()
+            offset += len(group)
+        loss = (distill / num_rows + config.gap_weight * gap / max(num_pairs, 1)
+                + config.human_weight * human_kl / num_rows)
+        accelerator.backward(loss * world)  # DDP averages gradients over processes
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step + 1, "loss": float(loss), **logs})
+        sums = accelerator.reduce(torch.stack([loss.detach(), distill.detach() / num_rows,
+                                               gap.detach() / max(num_pairs, 1), human_kl.detach() / num_rows]),
+                                  "sum")
+        history.append({"step": step + 1, **dict(zip(("loss", "distill", "gap", "human"), sums.tolist(),
+                                                      strict=True))})
         if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
-            save_training_state(out / "checkpoint", student, optimizer, scheduler, step + 1,
-                                seconds + time.perf_counter() - started, extra={"history": history})
+            checkpoints.save(Progress(step + 1, seconds + time.perf_counter() - started, {"history": history}))
     seconds += time.perf_counter() - started
+    student = accelerator.unwrap_model(model)
     student.eval()
     with torch.no_grad():
         probs = []
         for start_index in range(0, len(eval_set.records), 64):
-            records = eval_set.records[start_index:start_index + 64]
-            images = eval_bank.images[start_index:start_index + len(records)].permute(0, 3, 1, 2).float() / 255
-            probs.append(student(images, [r.prompt for r in records]).probs.double().numpy())
+            chunk = eval_set.records[start_index:start_index + 64]
+            images = eval_bank.images[start_index:start_index + len(chunk)].permute(0, 3, 1, 2).float() / 255
+            out = student(images.to(accelerator.device), [r.prompt for r in chunk])
+            probs.append(out.probs.double().cpu().numpy())
     report = evaluate_probs(np.concatenate(probs), eval_set)
     per_dimension = {d: report[d]["pair_accuracy"]["accuracy"] for d in dimensions}
-    metrics = {"trainer": "risd_clip", "steps": config.steps, "train_seconds": round(seconds, 1),
+    metrics = {"trainer": "risd_clip", "steps": config.steps, "resumed_from_step": start,
+               "train_seconds": round(seconds, 1),
                "preference_accuracy": float(np.mean(list(per_dimension.values()))), "per_dimension": per_dimension,
                "parameters": sum(p.numel() for p in student.parameters()), "history": history}
-    ZRewardLoss(student).save_pretrained(out / "model")
-    (out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
-    (out / "metrics.json.tmp").replace(out / "metrics.json")  # atomic
+    if accelerator.is_main_process:
+        ZRewardLoss(student).save_pretrained(out / "model")
+        (out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
+        (out / "metrics.json.tmp").replace(out / "metrics.json")  # atomic
+    accelerator.wait_for_everyone()
     return metrics
 
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     metrics = train(parse_args(RISDClipConfig, argv))
-    if not metrics:  # a helper process under `accelerate launch`
-        return metrics
     logger.info("risd_clip: held-out preference accuracy %.4f in %.0f s", metrics["preference_accuracy"],
                 metrics["train_seconds"])
     return metrics

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from .config import parse_args
 from .data import step_rng
-from .objectives import bradley_terry_loss
+from .objectives import bradley_terry_loss, rewarddance_loss
 from .sequences import Row, RowEncoder, forward_rows
 from .trainer import RewardTrainer, RewardTrainingConfig
 
@@ -112,10 +112,11 @@ class BradleyTerryTrainer(ScalarTrainer):
         return model
 
     def build_extra_modules(self, model) -> dict[str, torch.nn.Module]:
+        """A linear value head without bias: −log σ(s_a − s_b) cannot see a bias, so its gradient is rounding noise,
+        which Adam's normalisation would turn into a drift of every score."""
         hidden = model.config.get_text_config().hidden_size
-        head = torch.nn.Linear(hidden, 1)
+        head = torch.nn.Linear(hidden, 1, bias=False)
         torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
         return {"value_head": head}
 
     def scalar_scores(self, out) -> torch.Tensor:
@@ -165,7 +166,7 @@ class RewardDanceTrainer(ScalarTrainer):
         levels = self.levels
         target = torch.tensor([(records[n].label(d) - float(levels[0])) / float(levels[-1] - levels[0])
                                for n, d in local], device=self.device)
-        losses = -(target * out.score_log_probs[:, 1] + (1 - target) * out.score_log_probs[:, 0])
+        losses = rewarddance_loss(out.score_log_probs, target)
         self.accelerator.backward(losses.sum() / config.batch_size * self.world_size)
         sums = {"loss": float(losses.detach().sum()),
                 "p_yes_abs_error": float((out.score_log_probs[:, 1].exp() - target).abs().detach().sum())}

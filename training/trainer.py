@@ -36,7 +36,7 @@ from zreward_diffusers.rubric import Rubric
 from .data import DataSpec, ImageBank, load_split
 from .model_card import model_card, write_model_card
 from .sequences import Row, RowEncoder, forward_rows, sample_reasoning
-from .state import has_training_state, load_training_state, save_training_state
+from .state import CheckpointManager, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,10 @@ class RewardTrainingConfig:
     eval_max_new_tokens: int = field(default=96, metadata={"help": "reasoning length limit at evaluation"})
     eval_batch_size: int = field(default=64, metadata={"help": "rows per forward pass at evaluation"})
     save_every: int = field(default=50, metadata={"help": "steps between training-state checkpoints"})
-    resume: bool = field(default=False, metadata={"help": "continue from the training state in output_dir"})
+    checkpoints_total_limit: int | None = field(default=None, metadata={
+        "help": "keep at most this many checkpoints in <output_dir>/checkpoints (oldest deleted first; none: all)"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the newest complete checkpoint in <output_dir>/checkpoints (none there: start)"})
     log_every: int = field(default=1, metadata={"help": "steps between tracker logs"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker (none: off)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code of the base"})
@@ -128,17 +131,17 @@ class RewardTrainer:
         self.scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.warmup_steps,
                                        num_training_steps=config.steps)
         self.model = model
-        self.start_step, self.train_seconds, self.history = 0, 0.0, []
-        state_dir = self.output_dir / "checkpoint"
-        if config.resume and has_training_state(state_dir):
-            self.start_step, self.train_seconds, extra = load_training_state(state_dir, self._stateful(),
-                                                                             self.optimizer, self.scheduler)
-            self.history = extra.get("history", [])
-            logger.info("%s: resumed from step %d", self.name, self.start_step)
         prepared = self.accelerator.prepare(self.model, *self.extra_modules.values(), self.optimizer, self.scheduler)
         self.model = prepared[0]
         self.extra_modules = dict(zip(self.extra_modules, prepared[1:-2], strict=True))
         self.optimizer, self.scheduler = prepared[-2:]
+        self.checkpoints = CheckpointManager(self.accelerator, self.output_dir / "checkpoints",
+                                             config.checkpoints_total_limit)
+        self.start_step, self.train_seconds, self.history = 0, 0.0, []
+        progress = self.checkpoints.resume() if config.resume else None
+        if progress is not None:
+            self.start_step, self.train_seconds = progress.step, progress.train_seconds
+            self.history = progress.extra.get("history", [])
         self.model.train()
 
     # ------------------------------------------------------------------------------------------------ hooks
@@ -177,13 +180,6 @@ class RewardTrainer:
 
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
-
-    def _stateful(self) -> torch.nn.Module:
-        """One module holding everything trained (the backbone and any extra modules), for the training state."""
-        modules = {"backbone": self.model if not hasattr(self.model, "module") else self.unwrapped()}
-        modules.update({k: self.accelerator.unwrap_model(v) if hasattr(v, "module") else v
-                        for k, v in self.extra_modules.items()})
-        return torch.nn.ModuleDict(modules)
 
     def global_count(self, value: float) -> float:
         """Sum of a local count over processes (for normalising local loss sums)."""
@@ -242,8 +238,8 @@ class RewardTrainer:
         return probs.cpu().numpy()
 
     def evaluate(self) -> dict:
-        """Held-out report: `preference_accuracy` (panel pairs, human ties left out, mean over dimensions) and the
-        full `evaluate_probs` report (`report`)."""
+        """Held-out report: `preference_accuracy` (panel pairs, human ties left out, mean over dimensions), the
+        expected scores `(N, D)` (`scores`) and the full `evaluate_probs` report (`report`)."""
         probs = self.predict()
         subset = self.eval_set
         if tuple(subset.dimensions) != self.dimensions:  # probs are in `self.dimensions` order
@@ -252,10 +248,10 @@ class RewardTrainer:
         report = evaluate_probs(probs, subset)
         accuracy = {d: report[d]["pair_accuracy"]["accuracy"] for d in self.dimensions if "pair_accuracy" in report[d]}
         return {"preference_accuracy": float(np.mean(list(accuracy.values()))) if accuracy else math.nan,
-                "per_dimension": accuracy, "report": report}
+                "per_dimension": accuracy, "scores": probs @ self.levels.double().numpy(), "report": report}
 
     def scalar_preference_accuracy(self, scores: np.ndarray) -> dict:
-        """Panel-pair accuracy of per-record scalar scores `(N, D)` (for the scalar baselines)."""
+        """Panel-pair accuracy of per-record scalar scores `(N, D)` (for the scalar baselines); `scores` as given."""
         targets = dataset_targets(self.eval_set)
         index, outcome = targets["dimension_pairs"]
         accuracy = {}
@@ -263,7 +259,8 @@ class RewardTrainer:
             column = list(self.eval_set.dimensions).index(dimension)
             result = pairwise_accuracy_from_pairs(scores[index[:, 0], d], scores[index[:, 1], d], outcome[:, column])
             accuracy[dimension] = result["accuracy"]
-        return {"preference_accuracy": float(np.mean(list(accuracy.values()))), "per_dimension": accuracy}
+        return {"preference_accuracy": float(np.mean(list(accuracy.values()))), "per_dimension": accuracy,
+                "scores": scores}
 
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self) -> dict:
@@ -299,9 +296,10 @@ class RewardTrainer:
         if not evaluation:
             evaluation = self.evaluate()
         metrics = {
-            "trainer": self.name, "steps": config.steps, "train_seconds": round(self.train_seconds, 1),
+            "trainer": self.name, "steps": config.steps, "resumed_from_step": self.start_step,
+            "train_seconds": round(self.train_seconds, 1),
             "preference_accuracy": evaluation["preference_accuracy"], "per_dimension": evaluation["per_dimension"],
-            "history": self.history,
+            "eval_scores": evaluation["scores"].tolist(), "history": self.history,
         }
         if "report" in evaluation:
             metrics["report"] = _jsonable(evaluation["report"])
@@ -310,11 +308,7 @@ class RewardTrainer:
         return metrics
 
     def save_state(self, step: int, seconds: float) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_training_state(self.output_dir / "checkpoint", self._stateful(), self.optimizer, self.scheduler,
-                                step, seconds, extra={"history": self.history})
-        self.accelerator.wait_for_everyone()
+        self.checkpoints.save(Progress(step, seconds, {"history": self.history}))
 
     def save_final(self, metrics: dict) -> None:
         """The trained model as a Z-Reward checkpoint with its model card (`<output_dir>/model`, README.md inside)

@@ -48,7 +48,7 @@ from zreward_diffusers.preprocessing import QwenVLImageTransform
 from zreward_diffusers.synthetic import Scene
 from zreward_diffusers.synthetic.grammar import BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES
 
-from .state import loss_curve, save_training_state, start_or_resume
+from .state import Progress, loss_curve, start_or_resume
 
 logger = logging.getLogger(__name__)
 
@@ -272,11 +272,10 @@ def train_vision(models: dict[str, nn.Module], config, accelerator: Accelerator,
             heads.reset_heads()
     label = "+".join(models)
     muon = config.vision_optimizer == "muon"
-    prepared, optimizer, scheduler, start_step, train_seconds, extra = start_or_resume(
+    prepared, optimizer, scheduler, checkpoints, progress = start_or_resume(
         classifier, config.vision_lr, config.vision_steps, config, accelerator, state_dir,
         muon_lr=config.vision_muon_lr if muon else None, muon_exclude=("classifiers.",))  # the heads: AdamW
-    if start_step:
-        logger.info("%s vision stage: resumed from step %d", label, start_step)
+    start_step, train_seconds, extra = progress.step, progress.train_seconds, progress.extra
     targets = scene_targets(scenes)
     dense = cell_targets(scenes, (rows, columns)) if cells else None
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -304,10 +303,7 @@ def train_vision(models: dict[str, nn.Module], config, accelerator: Accelerator,
             accelerator.log({f"{label}/vision/loss": losses[-1]}, step=done)
         if done % config.save_every == 0 or done == config.vision_steps:
             elapsed = train_seconds + time.perf_counter() - started
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_training_state(state_dir, accelerator.unwrap_model(prepared), optimizer, scheduler, done,
-                                    elapsed, extra={"losses": losses})
+            checkpoints.save(Progress(done, elapsed, {"losses": losses}))
     train_seconds += time.perf_counter() - started
     unwrapped = accelerator.unwrap_model(prepared)
     accuracy = probe_accuracy(unwrapped, transform, eval_images, scene_targets(eval_scenes), accelerator)
