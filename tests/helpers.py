@@ -1,6 +1,8 @@
 """Shared helpers of the tests: sharpened tiny scorers, smooth random images, `accelerate launch` on CPU processes."""
 
+import collections
 import functools
+import json
 import os
 import socket
 import subprocess
@@ -75,3 +77,26 @@ def launch_cpu(args: list[str], num_processes: int, timeout: int = 600) -> subpr
     ranked = "\n".join(line for line in result.stderr.splitlines() if "[rank" in line)
     assert result.returncode == 0, (ranked or result.stderr)[-8000:]
     return result
+
+
+def launch_recording_rows(module: str, args: list[str], num_processes: int, out: Path) -> list[dict[int, list]]:
+    """`launch_cpu` of `module` through `tests/record_rows.py`; returns each rank's `{step: [[image, prompt,
+    dimension], ...]}` of the rows its training steps encoded."""
+    launch_cpu([str(REPO / "tests" / "record_rows.py"), str(out), module, *args], num_processes)
+    ranks = []
+    for rank in range(num_processes):
+        recorded = json.loads((Path(out) / f"rows.{rank}.json").read_text())
+        ranks.append({int(step): rows for step, rows in recorded.items()})
+    return ranks
+
+
+def assert_shards_partition_the_batch(one: dict[int, list], shards: list[dict[int, list]]) -> None:
+    """Every step, the processes' rows together are the 1-process run's rows, as multisets (a row drawn twice for the
+    global batch is trained twice): no process skips its share or takes another's, and each has one."""
+    assert one and all(set(shard) == set(one) for shard in shards)
+    for step, rows in one.items():
+        together = collections.Counter()
+        for shard in shards:
+            assert shard[step], f"step {step}: a process trained on nothing"
+            together.update(tuple(row) for row in shard[step])
+        assert together == collections.Counter(tuple(row) for row in rows), f"step {step}"

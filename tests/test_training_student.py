@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import launch_cpu
+from helpers import assert_shards_partition_the_batch, launch_cpu, launch_recording_rows
 
 import training.teacher_cache as teacher_cache
 from training.data import load_split
@@ -212,17 +212,19 @@ def opd_config(models, tmp_path, **changes):
 def test_two_processes_match_one(models, tmp_path, module, make_config, keys):
     # RISD: the teacher cache is built from both processes' share of the chunks, then each step's groups are split;
     # OPD: each process samples its share of the step's units with per-unit seeds
-    runs = {}
+    runs, rows = {}, {}
     for processes in (1, 2):
         config = make_config(models, tmp_path / str(processes), steps=3)
         path = tmp_path / f"{processes}.yaml"
         path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
-        launch_cpu(["-m", module, "--config", str(path)], processes)
+        rows[processes] = launch_recording_rows(module, ["--config", str(path)], processes,
+                                                tmp_path / f"rows{processes}")
         runs[processes] = json.loads((tmp_path / str(processes) / "out" / "metrics.json").read_text())
+    assert_shards_partition_the_batch(rows[1][0], rows[2])
     for key in keys:
         np.testing.assert_allclose([h[key] for h in runs[2]["history"]], [h[key] for h in runs[1]["history"]],
                                    rtol=1e-4, atol=1e-6, err_msg=key)
-    assert runs[2]["preference_accuracy"] == pytest.approx(runs[1]["preference_accuracy"])
+    np.testing.assert_allclose(runs[2]["eval_scores"], runs[1]["eval_scores"], rtol=1e-4, atol=1e-5)
 
 
 def test_risd_rejects_bad_settings(models, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import launch_cpu
+from helpers import assert_shards_partition_the_batch, launch_cpu, launch_recording_rows
 
 from training.data import load_split
 from training.gdso import GDSOConfig, GDSOTrainer
@@ -248,12 +248,28 @@ def losses(metrics: dict, key: str = "loss") -> list[float]:
     return [entry[key] for entry in metrics["history"]]
 
 
-def test_sft_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
+def count_steps(monkeypatch, trainer_class) -> list[int]:
+    """The steps `trainer_class.training_step` runs from now on, in order."""
+    ran, original = [], trainer_class.training_step
+
+    def counted(self, step):
+        ran.append(step)
+        return original(self, step)
+
+    monkeypatch.setattr(trainer_class, "training_step", counted)
+    return ran
+
+
+def test_sft_resume_runs_only_the_remaining_steps_and_equals_an_uninterrupted_run(tiny_base, tmp_path, monkeypatch):
     from training import sft
 
     full = sft.main(sft_args(tiny_base, tmp_path / "full", 4))
     sft.main(sft_args(tiny_base, tmp_path / "half", 2))
+    ran = count_steps(monkeypatch, SFTTrainer)
     resumed = sft.main(sft_args(tiny_base, tmp_path / "half", 4, "--resume"))
+    assert ran == [2, 3] and resumed["resumed_from_step"] == 2
+    assert [entry["step"] for entry in resumed["history"]] == [1, 2, 3, 4]
+    assert [entry["lr"] for entry in resumed["history"]] == [entry["lr"] for entry in full["history"]]
     np.testing.assert_allclose(losses(resumed), losses(full), rtol=1e-5)
     a = ZRewardLoss.from_pretrained(tmp_path / "full" / "model").scorer.model.state_dict()
     b = ZRewardLoss.from_pretrained(tmp_path / "half" / "model").scorer.model.state_dict()
@@ -261,12 +277,14 @@ def test_sft_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
 
 
-def test_gdso_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
+def test_gdso_resume_equals_an_uninterrupted_run(tiny_base, tmp_path, monkeypatch):
     from training import gdso
 
     full = gdso.main(gdso_args(tiny_base, tmp_path / "full", 4))
     gdso.main(gdso_args(tiny_base, tmp_path / "half", 2))
+    ran = count_steps(monkeypatch, GDSOTrainer)
     resumed = gdso.main(gdso_args(tiny_base, tmp_path / "half", 4, "--resume"))
+    assert ran == [2, 3] and resumed["resumed_from_step"] == 2
     np.testing.assert_allclose(losses(resumed, "pointwise"), losses(full, "pointwise"), rtol=1e-4)
     np.testing.assert_allclose(losses(resumed, "reasoning_length"), losses(full, "reasoning_length"))
 
@@ -305,8 +323,9 @@ def accuracy_by_hand(scores: list, eval_data: dict, dimensions: list[str]) -> fl
                                                    ("training.bradley_terry", scalar_args, "loss"),
                                                    ("training.rewarddance", scalar_args, "loss")])
 def test_two_processes_match_one(tiny_base, tmp_path, module, make_args, key):
-    _launch(module, make_args(tiny_base, tmp_path / "one", 3), 1)
-    _launch(module, make_args(tiny_base, tmp_path / "two", 3), 2)
+    [one_rows] = launch_recording_rows(module, make_args(tiny_base, tmp_path / "one", 3), 1, tmp_path / "rows1")
+    two_rows = launch_recording_rows(module, make_args(tiny_base, tmp_path / "two", 3), 2, tmp_path / "rows2")
+    assert_shards_partition_the_batch(one_rows, two_rows)
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     np.testing.assert_allclose(losses(two, key), losses(one, key), rtol=1e-4, atol=1e-6)
@@ -317,3 +336,22 @@ def test_two_processes_match_one(tiny_base, tmp_path, module, make_args, key):
     for run in (one, two):
         assert run["preference_accuracy"] == pytest.approx(
             accuracy_by_hand(run["eval_scores"], {"num_groups": 2, "start": 1000}, dimensions))
+
+
+def test_two_process_resume_equals_the_uninterrupted_two_process_run(tiny_base, tmp_path):
+    """Stopped after 2 of 4 steps under 2 processes (state written by `accelerator.save_state` on both), resumed
+    under 2 processes: the same losses, held-out scores and weights as 4 steps in one go."""
+    _launch("training.sft", sft_args(tiny_base, tmp_path / "full", 4), 2)
+    _launch("training.sft", sft_args(tiny_base, tmp_path / "half", 2), 2)
+    assert sorted(p.name for p in (tmp_path / "half" / "checkpoints" / "checkpoint-2").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+    _launch("training.sft", sft_args(tiny_base, tmp_path / "half", 4, "--resume"), 2)
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "half" / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] == 2 and full["resumed_from_step"] == 0
+    np.testing.assert_allclose(losses(resumed), losses(full), rtol=1e-5)
+    np.testing.assert_allclose(resumed["eval_scores"], full["eval_scores"], rtol=1e-5, atol=1e-6)
+    a = ZRewardLoss.from_pretrained(tmp_path / "full" / "model").scorer.model.state_dict()
+    b = ZRewardLoss.from_pretrained(tmp_path / "half" / "model").scorer.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)

@@ -211,7 +211,7 @@ class GDSOTrainer(RewardTrainer):
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             terms = [self.unit_terms(step, r, o) for r, o in zip(rollouts, old, strict=True)]
-            old = [None for t in terms]
+            old = [{"log_probs": t["log_probs"]} for t in terms]
             counts = torch.tensor([sum(t["pg_tokens"] for t in terms), sum(t["num_rows"] for t in terms),
                                    sum(t.get("gap_count", 0) for t in terms),
                                    sum(float(r["num_tokens"]) for r in rollouts)], dtype=torch.float64,

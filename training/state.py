@@ -7,7 +7,7 @@ Layout under a loop's checkpoint folder (diffusers' training scripts use the sam
         checkpoint-200/    accelerator.save_state: prepared models (safetensors), optimizers, schedulers, RNG of
                            every process; plus progress.json (step, seconds, the loop's own history)
         checkpoint-400/
-        latest             the name of the newest complete checkpoint, replaced atomically
+        latest             the name of the newest complete checkpoint (for people and tools), replaced atomically
 
 Why this shape:
 
@@ -15,8 +15,9 @@ Why this shape:
   FSDP or DeepSpeed ZeRO, every process's RNG), which a `state_dict()` taken on the main process cannot.
 - A checkpoint is written into a hidden staging folder and renamed into place only when every file is on disk
   (fsynced), and the pointer is replaced after that: at any instant the newest complete checkpoint exists under its
-  final name, so a kill at any point leaves a state to resume from. Older checkpoints are deleted only after the
-  pointer names the new one (`checkpoints_total_limit`).
+  final name, so a kill at any point leaves a state to resume from (the highest complete step is taken, whatever
+  the pointer says). Older checkpoints are deleted only after the pointer names the new one
+  (`checkpoints_total_limit`).
 - The loop's own counters go in `progress.json`, not through `accelerator.register_for_checkpointing`: accelerate
   unpickles registered objects with `weights_only=False`, and JSON needs no unpickling at all. (accelerate reads its
   own optimizer, scheduler and RNG files with `weights_only=True`.)
@@ -119,18 +120,20 @@ def complete_checkpoints(directory: Path) -> list[Path]:
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint under `directory`: the one the `latest` pointer names when it is complete,
-    else the highest complete step (a crash between the rename and the pointer update), else None."""
+    """The newest complete checkpoint under `directory` (highest step), else None.
+
+    The `latest` pointer names the same one after every finished save; after a kill between the rename and the
+    pointer update it names the one before, so the folders, not the pointer, decide (and a mismatch is logged).
+    """
     directory = Path(directory)
-    pointer = directory / LATEST_FILE
-    if pointer.is_file():
-        named = directory / pointer.read_text().strip()
-        if checkpoint_step(named) is not None and (named / PROGRESS_FILE).is_file():
-            return named
-        logger.warning("%s names %s, which is not a complete checkpoint; taking the newest complete one", pointer,
-                       named.name)
     found = complete_checkpoints(directory)
-    return found[-1] if found else None
+    if not found:
+        return None
+    pointer = directory / LATEST_FILE
+    if pointer.is_file() and pointer.read_text().strip() != found[-1].name:
+        logger.warning("%s names %s; the newest complete checkpoint is %s", pointer, pointer.read_text().strip(),
+                       found[-1].name)
+    return found[-1]
 
 
 def read_progress(checkpoint: Path) -> Progress:

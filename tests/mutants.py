@@ -1,0 +1,162 @@
+"""`make mutants`: plant known, plausible bugs one at a time in a copy of the code and check the tests catch each.
+
+    python -m tests.mutants                 # every mutant
+    python -m tests.mutants resume_restarts_from_zero opd_forward_kl     # some of them
+
+First the chosen tests run on an unmutated copy: if that control fails, every "killed" below would mean nothing, so
+the script stops. Then each mutant replaces one snippet of one file (the snippet must occur exactly once, so a
+refactor that moves it makes the mutant fail loudly instead of silently testing nothing), runs the tests that should
+catch it, and restores the file. A mutant is killed when those tests fail. Exit status 1 if any survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    original: str
+    mutated: str
+    tests: tuple[str, ...]  # pytest node ids or files, relative to the repository root
+
+
+TEACHER = "tests/test_training_teacher.py"
+STUDENT = "tests/test_training_student.py"
+LOSSES = "tests/test_training_losses.py"
+STATE = "tests/test_training_state.py"
+
+MUTANTS = (
+    Mutant("resume_restarts_from_zero", "training/state.py",
+           "        return latest_checkpoint(self.directory)\n", "        return None\n",
+           (STATE, f"{TEACHER}::test_sft_resume_runs_only_the_remaining_steps_and_equals_an_uninterrupted_run")),
+    Mutant("resume_skips_the_accelerate_state", "training/state.py",
+           "        self.accelerator.load_state(str(checkpoint))\n", "        pass\n",
+           (STATE, f"{TEACHER}::test_sft_resume_runs_only_the_remaining_steps_and_equals_an_uninterrupted_run")),
+    Mutant("resume_takes_the_oldest_checkpoint", "training/state.py",
+           "    return found[-1]\n", "    return found[0]\n", (STATE,)),
+    Mutant("sft_every_process_takes_the_whole_batch", "training/sft.py",
+           "        return [self.units[i] for i in chosen.tolist()][self.rank::self.world_size]\n",
+           "        return [self.units[i] for i in chosen.tolist()]\n",
+           (f"{TEACHER}::test_two_processes_match_one[training.sft-sft_args-loss]",)),
+    Mutant("gdso_every_process_takes_the_whole_batch", "training/gdso.py",
+           "        return units[self.rank::self.world_size]\n", "        return units\n",
+           (f"{TEACHER}::test_two_processes_match_one[training.gdso-gdso_args-pointwise]",)),
+    Mutant("bradley_terry_every_process_takes_the_whole_batch", "training/scalar_baselines.py",
+           "        local = [self.pairs[i] for i in chosen.tolist()][self.rank::self.world_size]\n",
+           "        local = [self.pairs[i] for i in chosen.tolist()]\n",
+           (f"{TEACHER}::test_two_processes_match_one[training.bradley_terry-scalar_args-loss]",)),
+    Mutant("rewarddance_every_process_takes_the_whole_batch", "training/scalar_baselines.py",
+           "        local = [units[i] for i in chosen.tolist()][self.rank::self.world_size]\n",
+           "        local = [units[i] for i in chosen.tolist()]\n",
+           (f"{TEACHER}::test_two_processes_match_one[training.rewarddance-scalar_args-loss]",)),
+    Mutant("risd_every_process_takes_the_whole_batch", "training/risd.py",
+           "        return [self.units[i] for i in chosen][self.rank::self.world_size]\n",
+           "        return [self.units[i] for i in chosen]\n",
+           (f"{STUDENT}::test_two_processes_match_one[training.risd-risd_config-keys0]",)),
+    Mutant("opd_every_process_takes_the_whole_batch", "training/opd.py",
+           "for u, i in enumerate(chosen.tolist())][self.rank::self.world_size]\n",
+           "for u, i in enumerate(chosen.tolist())]\n",
+           (f"{STUDENT}::test_two_processes_match_one[training.opd-opd_config-keys1]",)),
+    Mutant("risd_clip_every_process_takes_the_whole_batch", "training/risd_clip.py",
+           "        local_units = chosen_units[rank::world]\n", "        local_units = chosen_units\n",
+           (f"{STUDENT}::test_clip_student_two_processes_match_one",)),
+    Mutant("bradley_terry_prefers_the_worse_image", "training/objectives.py",
+           "    return -F.logsigmoid(score_a - score_b)\n", "    return -F.logsigmoid(score_b - score_a)\n",
+           (LOSSES,)),
+    Mutant("rewarddance_trained_towards_no", "training/objectives.py",
+           "    return -(target * yes_no_log_probs[:, 1] + (1 - target) * yes_no_log_probs[:, 0])\n",
+           "    return -(target * yes_no_log_probs[:, 0] + (1 - target) * yes_no_log_probs[:, 1])\n",
+           (LOSSES,)),
+    Mutant("opd_forward_kl", "training/objectives.py",
+           "    return (student_log_probs.exp() * (student_log_probs - teacher_log_probs)).sum(-1)\n",
+           "    return (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1)\n",
+           (LOSSES,)),
+    Mutant("gdso_policy_gradient_sign", "training/objectives.py",
+           "    return -(objective * mask).sum()\n", "    return (objective * mask).sum()\n",
+           (LOSSES,)),
+    Mutant("teacher_cache_resume_drops_entries", "training/teacher_cache.py",
+           "                    entries[entry[\"key\"]] = entry\n",
+           "                    entries[entry[\"key\"]] = entry\n                    break\n",
+           (f"{STUDENT}::test_interrupted_cache_resumes_to_the_same_result",)),
+    Mutant("resize_backward_drops_the_255_scale", "zreward_diffusers/preprocessing/resize.py",
+           "        return grad * 255.0, None, None\n", "        return grad, None, None\n",
+           ("tests/test_preprocessing_resize.py",)),
+)
+
+
+def copy_repository(destination: Path) -> None:
+    """The files git tracks or would track (untracked, not ignored), as they are in the working tree."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[bool, float, str]:
+    """`(passed, seconds, last lines)` of pytest on `tests` in `copy` (its code first on the path)."""
+    env = dict(os.environ, PYTHONPATH=str(copy), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get(
+        "OMP_NUM_THREADS", "2"))
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                            cwd=copy, env=env, capture_output=True, text=True)
+    tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-3:])
+    return result.returncode == 0, time.perf_counter() - started, tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    args = parser.parse_args(argv)
+    unknown = set(args.names) - {mutant.name for mutant in MUTANTS}
+    if unknown:
+        parser.error(f"unknown mutants {sorted(unknown)}; known: {[mutant.name for mutant in MUTANTS]}")
+    chosen = [mutant for mutant in MUTANTS if not args.names or mutant.name in args.names]
+    with tempfile.TemporaryDirectory(prefix="zreward-mutants-") as temporary:
+        copy = Path(temporary) / "repo"
+        copy_repository(copy)
+        tests = tuple(dict.fromkeys(test for mutant in chosen for test in mutant.tests))
+        passed, seconds, tail = run_tests(copy, tests)
+        print(f"control (no mutant): {'passed' if passed else 'FAILED'} in {seconds:.0f} s", flush=True)
+        if not passed:
+            print(tail)
+            print("the unmutated code fails the chosen tests: no mutant result would mean anything")
+            return 2
+        survivors = []
+        for mutant in chosen:
+            path = copy / mutant.path
+            text = path.read_text()
+            if text.count(mutant.original) != 1:
+                print(f"{mutant.name}: its snippet occurs {text.count(mutant.original)} times in {mutant.path}")
+                return 2
+            path.write_text(text.replace(mutant.original, mutant.mutated))
+            try:
+                passed, seconds, _ = run_tests(copy, mutant.tests)
+            finally:
+                path.write_text(text)
+            print(f"{mutant.name:<52} {'SURVIVED' if passed else 'killed':<9} {seconds:5.0f} s", flush=True)
+            if passed:
+                survivors.append(mutant.name)
+        print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutants killed"
+              + (f"; survived: {', '.join(survivors)}" if survivors else ""))
+        return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
