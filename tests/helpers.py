@@ -100,3 +100,41 @@ def assert_shards_partition_the_batch(one: dict[int, list], shards: list[dict[in
             assert shard[step], f"step {step}: a process trained on nothing"
             together.update(tuple(row) for row in shard[step])
         assert together == collections.Counter(tuple(row) for row in rows), f"step {step}"
+
+
+LORA_SETTINGS = dict(lora={"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}, gradient_checkpointing=True,
+                     mixed_precision="bf16")
+
+
+def check_lora_training(trainer, steps: int, export_dir: Path, images: torch.Tensor, prompts: list[str]) -> None:
+    """What every real-scale config runs, on a tiny model: `trainer` built with `LORA_SETTINGS` runs `steps` steps
+    under bf16 autocast with gradient checkpointing; every adapter (and extra head) parameter changes, every base
+    parameter stays as it was, and the exported adapter reloads through `ZRewardLoss.from_pretrained` with the same
+    scores as the trained model."""
+    from zreward_diffusers import ZRewardLoss, ZRewardScorer
+
+    model = trainer.unwrapped()
+    assert trainer.accelerator.mixed_precision == "bf16" and model.is_gradient_checkpointing
+    named = dict(model.named_parameters())
+    for key, module in trainer.extra_modules.items():
+        named.update({f"{key}.{n}": p for n, p in module.named_parameters()})
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.split(".")[0] in trainer.extra_modules for n in trainable)
+    before = {n: p.detach().clone() for n, p in named.items()}
+    for step in range(steps):
+        trainer.training_step(step)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+    unchanged = [n for n in trainable if torch.equal(before[n], named[n])]
+    if any(n.startswith("value_head") for n in trainable):  # a zero-initialised head gives LoRA-B no gradient at first
+        unchanged = [n for n in unchanged if "lora_B" not in n]
+    assert not unchanged, f"trainable parameters that did not change: {unchanged[:5]}"
+    moved = [n for n in named if n not in trainable and not torch.equal(before[n], named[n])]
+    assert not moved, f"frozen parameters that changed: {moved[:5]}"
+    trainer.export(export_dir)
+    assert (export_dir / "adapter_model.safetensors").is_file()
+    loaded = ZRewardLoss.from_pretrained(export_dir)
+    float32 = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # without the bf16 autocast
+    with torch.no_grad():
+        expected = ZRewardScorer(float32.eval(), trainer.processor, trainer.rubric)(images, prompts).probs
+        torch.testing.assert_close(loaded.scorer(images, prompts).probs, expected, atol=1e-5, rtol=1e-4)

@@ -3,12 +3,22 @@ trainers: a few steps, every trainable parameter moves, the training read equals
 equal the objectives recomputed from the scorer, resume equals an uninterrupted run, and 2 processes equal 1."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import assert_shards_partition_the_batch, launch_cpu, launch_recording_rows
+import yaml
+from helpers import (
+    LORA_SETTINGS,
+    assert_shards_partition_the_batch,
+    check_lora_training,
+    launch_cpu,
+    launch_recording_rows,
+)
 
 from training.data import load_split
 from training.gdso import GDSOConfig, GDSOTrainer
@@ -215,6 +225,37 @@ def test_scalar_baselines_train_every_parameter(tiny_base, tmp_path, trainer_cla
     assert 0.0 <= accuracy["preference_accuracy"] <= 1.0 and set(accuracy["per_dimension"]) == set(trainer.dimensions)
 
 
+def lora_trainer(name: str, tiny_base: str, sharp_base: str, tmp_path):
+    common = dict(output_dir=str(tmp_path / "out"), lr=1e-2, warmup_steps=0, log_with=None, **LORA_SETTINGS,
+                  **SMALL_DATA)
+    if name == "sft":
+        return SFTTrainer(SFTConfig(base=tiny_base, batch_size=4, micro_batch_size=2, **common))
+    if name in ("gdso", "grpo"):
+        config_class = GDSOConfig if name == "gdso" else GRPOConfig
+        trainer = GDSOTrainer(config_class(base=sharp_base, groups_per_step=2, num_rollouts=2, max_new_tokens=4,
+                                           **common))
+        sample = trainer.rollouts
+
+        def finished_rollouts(*args):  # 4 new tokens never close the reasoning; count them as finished
+            rollout = sample(*args)
+            rollout["finished"][:] = True
+            return rollout
+
+        trainer.rollouts = finished_rollouts
+        return trainer
+    trainer_class = BradleyTerryTrainer if name == "bradley_terry" else RewardDanceTrainer
+    return trainer_class(ScalarConfig(base=tiny_base, batch_size=4, **common))
+
+
+@pytest.mark.parametrize("name", ["sft", "gdso", "grpo", "bradley_terry", "rewarddance"])
+def test_lora_gradient_checkpointing_and_bf16_train_the_adapter_only(tiny_base, sharp_base, tmp_path, name,
+                                                                   fresh_accelerate_state):
+    trainer = lora_trainer(name, tiny_base, sharp_base, tmp_path)
+    images = torch.rand(2, 3, 56, 56)
+    check_lora_training(trainer, 3 if name == "bradley_terry" else 2, tmp_path / "model", images,
+                        ["a red circle", "two blue squares"])
+
+
 def test_gdso_rejects_bad_settings(tiny_base, tmp_path):
     with pytest.raises(ValueError, match="objective"):
         GDSOTrainer(GDSOConfig(base=tiny_base, output_dir=str(tmp_path), objective="ppo", log_with=None))
@@ -355,3 +396,33 @@ def test_two_process_resume_equals_the_uninterrupted_two_process_run(tiny_base, 
     b = ZRewardLoss.from_pretrained(tmp_path / "half" / "model").scorer.model.state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_teacher_command_runs_sft_then_gdso_from_its_model(tiny_base, tmp_path):
+    """`python -m training.teacher`, the README's teacher command, end to end on tiny settings: the shipped configs
+    with a few steps, SFT then GDSO started from SFT's exported model; a second call finds both stages done."""
+    tiny = dict(base=tiny_base, steps=2, save_every=2, warmup_steps=0, log_with="none", eval_num_samples=1,
+                eval_max_new_tokens=4, train_data={"num_groups": 3, "start": 0},
+                eval_data={"num_groups": 2, "start": 1000})
+    configs = {}
+    for stage, changes in (("sft", dict(batch_size=4, micro_batch_size=4)),
+                           ("gdso", dict(groups_per_step=1, num_rollouts=2, max_new_tokens=4))):
+        shipped = yaml.safe_load((REPO / "training" / "configs" / f"teacher_{stage}_tiny.yaml").read_text())
+        configs[stage] = tmp_path / f"{stage}.yaml"
+        configs[stage].write_text(yaml.safe_dump({**shipped, **tiny, **changes}))
+    command = [sys.executable, "-m", "training.teacher", "--sft_config", str(configs["sft"]), "--gdso_config",
+               str(configs["gdso"]), "--output_dir", str(tmp_path / "teacher")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "teacher: SFT" in first.stderr
+    out = tmp_path / "teacher"
+    sft, gdso = (json.loads((out / stage / "metrics.json").read_text()) for stage in ("sft", "gdso"))
+    assert sft["trainer"] == "sft" and gdso["trainer"] == "gdso" and len(gdso["history"]) == 2
+    assert str(out / "sft" / "model") in (out / "gdso" / "model" / "README.md").read_text()  # GDSO's base
+    for stage in ("sft", "gdso"):
+        loss = ZRewardLoss.from_pretrained(out / stage / "model")
+        out = loss.score(torch.rand(1, 3, 56, 56), ["a red circle"], reasoning=[["I see a circle."] * 4])
+        assert out.probs.shape == (1, 4, 9)
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and second.stderr.count("done already") == 2, second.stderr[-4000:]
