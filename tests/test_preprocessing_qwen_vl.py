@@ -91,18 +91,19 @@ def test_float_emulation_of_the_uint8_resize(size):
 
 @pytest.mark.parametrize("size", [(61, 83), (200, 37), (30, 30), (128, 96)])
 def test_resize_against_pil_backend_within_documented_tolerance(size):
-    """PIL's own fixed-point kernel differs slightly from torch's. Measured on smooth images: mean |Δ| below
-    0.01/255 and max |Δ| at most 1/255 (in pixel units); on white noise the max reaches ~20/255 on a few pixels
-    where bicubic ringing clips. Tolerance (METHOD §6.3): mean < 0.5/255/std, max < 3/255/std."""
+    """PIL's own fixed-point kernel differs slightly from torch's. On smooth images: mean |Δ| below 0.02 grey levels
+    and max |Δ| two grey levels (the README's claim; measured 0.0006-0.012 and 1-2); on white noise the max reaches
+    ~20 levels on a few pixels where bicubic ringing clips, so the claim is for natural-looking images."""
     kwargs = PROCESSOR_KWARGS["qwen2"]
     processor = Qwen2VLImageProcessorPil(**kwargs)
-    std = torch.tensor(processor.image_std).min()
     image = smooth_image(*size, seed=3)
     ours = QwenVLImageTransform.from_image_processor(processor)(to_unit_tensor(image).float())
     theirs = processor(images=[Image.fromarray(image)], return_tensors="pt")
-    difference = (ours["pixel_values"] - theirs["pixel_values"]).abs()
-    assert difference.mean() < 0.5 / 255 / std
-    assert difference.max() < 3 / 255 / std
+    # pixel_values rows are (channel, temporal, patch, patch) flattened: back to grey levels channel by channel
+    difference = (ours["pixel_values"] - theirs["pixel_values"]).abs().view(len(ours["pixel_values"]), 3, -1)
+    levels = difference * 255 * torch.tensor(processor.image_std)[None, :, None]
+    assert levels.mean() < 0.02
+    assert levels.max() <= 2 + 1e-4
 
 
 @pytest.mark.parametrize("size", [(20, 27), (28, 28)])

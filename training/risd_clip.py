@@ -152,8 +152,8 @@ def train(config: RISDClipConfig) -> dict:
         for start_index in range(0, len(eval_set.records), 64):
             chunk = eval_set.records[start_index:start_index + 64]
             images = eval_bank.images[start_index:start_index + len(chunk)].permute(0, 3, 1, 2).float() / 255
-            out = student(images.to(accelerator.device), [r.prompt for r in chunk])
-            probs.append(out.probs.double().cpu().numpy())
+            scored = student(images.to(accelerator.device), [r.prompt for r in chunk])
+            probs.append(scored.probs.double().cpu().numpy())
     report = evaluate_probs(np.concatenate(probs), eval_set)
     per_dimension = {d: report[d]["pair_accuracy"]["accuracy"] for d in dimensions}
     metrics = {"trainer": "risd_clip", "steps": config.steps, "resumed_from_step": start,
