@@ -1,6 +1,6 @@
 """Accuracy on unseen images against pretraining time, for the base-model configs measured so far (issue 3).
 
-    python benchmarks/base_frontier.py --out benchmarks/figures/base_frontier.png
+    python -m benchmarks.base_frontier --out benchmarks/figures/base_frontier.png
 
 Reads `benchmarks/base_models_frontier.csv`: one row per run and model, with the minutes both bases took on this
 machine (2 CPU cores) and their colour / shape / count accuracy on the 2,048 images of world groups from 1,000,000

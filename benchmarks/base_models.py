@@ -1,6 +1,6 @@
 """Where the world's base VLMs name colour, shape and count right, by image condition.
 
-    python benchmarks/base_models.py --models runs/base/teacher runs/base/student --num_images 1024
+    python -m benchmarks.base_models --models runs/base/teacher runs/base/student --num_images 1024
 
 Held-out images come from world groups far from every pretraining pool (`--start_group`, default 1,000,000; the script
 refuses groups that a model's `pretrain_base` run used, as its `metrics.json` records them); each model
@@ -17,19 +17,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.pretrain_base import EVAL_CANDIDATES, Encoder, is_clean, name_attributes, true_answer  # noqa: E402
-from zreward_diffusers.synthetic import Scene, SyntheticWorld  # noqa: E402
-from zreward_diffusers.synthetic.grammar import SHAPES  # noqa: E402
-from zreward_diffusers.synthetic.render import render  # noqa: E402
+from training.pretrain_base import EVAL_CANDIDATES, Encoder, is_clean, name_attributes, true_answer
+from zreward_diffusers.synthetic import Scene, SyntheticWorld
+from zreward_diffusers.synthetic.grammar import SHAPES
+from zreward_diffusers.synthetic.render import render
 
 ATTRIBUTES = ("colour", "shape", "count")
 # Image conditions (a scene can be in several); "heavy": blur sigma > 1.5 px or JPEG quality below 13.

@@ -6,7 +6,7 @@ backpropagation through the chain costs) and the peak memory growth over the loa
 `ru_maxrss`; allocated memory on a GPU), on a tiny SD1.5-class pipeline built from config and the tiny Z-Reward
 student. The goal (issue: pipelines): with checkpointing, the full chain costs at most 1.5x the memory of K = 1.
 
-    python benchmarks/draft_memory.py --steps 20 --size 64
+    python -m benchmarks.draft_memory --steps 20 --size 64
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(k: int, steps: int, size: int, checkpoint: bool, repeats: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     import numpy as np
     import torch
 
@@ -85,9 +84,10 @@ def main() -> None:
     rows = []
     for checkpoint in (False, True):
         for k in ks:
-            out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--size", str(args.size),
-                                  "--repeats", str(args.repeats), "--one", f"{k},{int(checkpoint)}"],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-m", "benchmarks.draft_memory", "--steps", str(args.steps),
+                                  "--size", str(args.size), "--repeats", str(args.repeats),
+                                  "--one", f"{k},{int(checkpoint)}"],
+                                 cwd=ROOT, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     base = {r["checkpoint"]: r for r in rows if r["k"] == 1}

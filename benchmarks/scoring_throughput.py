@@ -2,7 +2,7 @@
 dimension, then read), at equal backbone size (the teacher's backbone read both ways) and at the tiny teacher/student
 sizes, in one run on one machine. Reports images per second (all rubric dimensions) and the ratios.
 
-    python benchmarks/scoring_throughput.py --teacher runs/teacher/gdso/model --student runs/student_risd/model
+    python -m benchmarks.scoring_throughput --teacher runs/teacher/gdso/model --student runs/student_risd/model
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 baseline (same student backbone, data and budget), over seeds, plus the RISD ablations (M ∈ {1, 4, 8}; without the
 gap term). The teacher cache is built once (M = 8) and shared: M = 1 and M = 4 average its first chains.
 
-    python benchmarks/student_table.py --teacher runs/teacher/gdso/model --seeds 0 1 2
+    python -m benchmarks.student_table --teacher runs/teacher/gdso/model --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -10,18 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.config import load_config  # noqa: E402
-from training.opd import OPDConfig, OPDTrainer  # noqa: E402
-from training.risd import RISDConfig, RISDTrainer  # noqa: E402
-from training.trainer import run_cached as run  # noqa: E402
+from training.config import load_config
+from training.opd import OPDConfig, OPDTrainer
+from training.risd import RISDConfig, RISDTrainer
+from training.trainer import run_cached as run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 VARIANTS = {

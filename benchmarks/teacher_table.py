@@ -6,7 +6,7 @@ Budget, in optimizer steps of the same batch size: every method gets `sft_steps 
 for `rl_steps` more (the same run resumed, so it is the same model the RL methods start from); BT and RewardDance train
 for `sft_steps + rl_steps` steps from the base. Every run's stage is cached (`<out>/seed<k>/<method>/metrics.json`).
 
-    python benchmarks/teacher_table.py --seeds 0 1 2 --out runs/benchmarks/teacher_table
+    python -m benchmarks.teacher_table --seeds 0 1 2 --out runs/benchmarks/teacher_table
 """
 
 from __future__ import annotations
@@ -15,19 +15,16 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.config import load_config  # noqa: E402
-from training.gdso import GDSOConfig, GDSOTrainer  # noqa: E402
-from training.scalar_baselines import BradleyTerryTrainer, RewardDanceTrainer, ScalarConfig  # noqa: E402
-from training.sft import SFTConfig, SFTTrainer  # noqa: E402
-from training.trainer import run_cached as run  # noqa: E402
+from training.config import load_config
+from training.gdso import GDSOConfig, GDSOTrainer
+from training.scalar_baselines import BradleyTerryTrainer, RewardDanceTrainer, ScalarConfig
+from training.sft import SFTConfig, SFTTrainer
+from training.trainer import run_cached as run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 METHODS = ("sft", "grpo", "bradley_terry", "rewarddance", "gdso")

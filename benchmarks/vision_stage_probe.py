@@ -1,7 +1,7 @@
 """Stage 0 of base pretraining alone, for comparing its settings: how well a tower's heads name colour, shape and
 count of held-out images after a given number of steps.
 
-    python benchmarks/vision_stage_probe.py --head mean --cell_weight 0 --steps 2500 --out runs/benchmarks/probe.json
+    python -m benchmarks.vision_stage_probe --head mean --cell_weight 0 --steps 2500 --out runs/benchmarks/probe.json
 
 Builds a model of `pretrain_base_tiny.yaml` (`--model`, default the student), renders a pool of the world's images
 (groups from 3,000 on, `--pool` images) and 1,024 held-out ones (groups from 20,000, as `benchmarks/base_models.py`),
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,14 +24,12 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.config import load_config  # noqa: E402
-from training.pretrain_base import FAMILY, PretrainBaseConfig, build_model, build_processor, model_overrides  # noqa: E402
-from training.vision_stage import train_vision  # noqa: E402
-from zreward_diffusers.preprocessing import QwenVLImageTransform  # noqa: E402
-from zreward_diffusers.synthetic import Scene, SyntheticWorld, WorldConfig  # noqa: E402
-from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
+from training.config import load_config
+from training.pretrain_base import FAMILY, PretrainBaseConfig, build_model, build_processor, model_overrides
+from training.vision_stage import train_vision
+from zreward_diffusers.preprocessing import QwenVLImageTransform
+from zreward_diffusers.synthetic import Scene, SyntheticWorld, WorldConfig
+from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "pretrain_base_tiny.yaml"
 

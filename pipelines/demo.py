@@ -41,11 +41,9 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
+from training.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from training.config import load_config  # noqa: E402
-
 logger = logging.getLogger(__name__)
 
 TRAINING_CONFIGS = ROOT / "training" / "configs"

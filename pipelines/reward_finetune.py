@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,16 +28,14 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training.config import parse_args
+from training.state import CheckpointManager, Progress
+from zreward_diffusers import ZRewardLoss
 
-from training.config import parse_args  # noqa: E402
-from training.state import CheckpointManager, Progress  # noqa: E402
-from zreward_diffusers import ZRewardLoss  # noqa: E402
-
-from .attention import configure_attention  # noqa: E402
-from .lora import DEFAULT_TARGETS, add_lora, denoiser_of, diversity, saturation, save_lora  # noqa: E402
-from .methods import METHODS, sample  # noqa: E402
-from .rollout import rollout_for  # noqa: E402
+from .attention import configure_attention
+from .lora import DEFAULT_TARGETS, add_lora, denoiser_of, diversity, saturation, save_lora
+from .methods import METHODS, sample
+from .rollout import rollout_for
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training.config import parse_args
+from training.state import CheckpointManager, Progress, loss_curve, replace_directory
 
-from training.config import parse_args  # noqa: E402
-from training.state import CheckpointManager, Progress, loss_curve, replace_directory  # noqa: E402
-
-from .tiny import tiny_clip_tokenizer  # noqa: E402
+from .tiny import tiny_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
