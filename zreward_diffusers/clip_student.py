@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import entropy, expected_score, normalized_reward, score_std
+from .optional import import_optional
 from .rubric import Rubric
 from .scorer import ScoreOutput
 
@@ -36,10 +37,11 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _build_clip(model_config: dict):
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    clip_model = import_optional("open_clip.model")
 
-    return CLIP(embed_dim=model_config["embed_dim"], vision_cfg=CLIPVisionCfg(**model_config["vision_cfg"]),
-                text_cfg=CLIPTextCfg(**model_config["text_cfg"]))
+    return clip_model.CLIP(embed_dim=model_config["embed_dim"],
+                           vision_cfg=clip_model.CLIPVisionCfg(**model_config["vision_cfg"]),
+                           text_cfg=clip_model.CLIPTextCfg(**model_config["text_cfg"]))
 
 
 class ClipStudentScorer(nn.Module):
@@ -48,8 +50,7 @@ class ClipStudentScorer(nn.Module):
     def __init__(self, model_config: dict, rubric: Rubric | None = None, hidden: int = 128,
                  mean=OPENAI_MEAN, std=OPENAI_STD, tokenizer_name: str = "ViT-B-32"):
         super().__init__()
-        import open_clip
-
+        open_clip = import_optional("open_clip")
         self.model_config = model_config
         self.rubric = rubric if rubric is not None else Rubric()
         self.model = _build_clip(model_config)
@@ -80,7 +81,7 @@ class ClipStudentScorer(nn.Module):
     def from_open_clip(cls, model_name: str, pretrained: str, rubric: Rubric | None = None,
                        **kwargs) -> ClipStudentScorer:
         """Towers of an open_clip architecture with weights from the local file `pretrained`; fresh heads."""
-        import open_clip
+        open_clip = import_optional("open_clip")
 
         if not Path(pretrained).is_file():
             raise FileNotFoundError(f"`pretrained` must be a local weights file (nothing is downloaded): {pretrained}")

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import RewardDataset
+from .optional import import_optional
 from .scorer import ZRewardScorer
 
 TABLE_COLUMNS = (
@@ -128,10 +129,8 @@ def markdown_table(report: dict, dimensions) -> str:
 
 def reliability_diagram(report: dict, dimensions, path: Path, title: str) -> Path:
     """Top-label reliability per dimension (confidence vs accuracy of the argmax level, equal-mass bins)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import_optional("matplotlib").use("Agg")
+    plt = import_optional("matplotlib.pyplot")
 
     panels = [d for d in dimensions if "ece" in report.get(d, {})]
     if not panels:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image_inputs import image_tensor_to_unit_range
+from .optional import import_optional
 
 
 class CLIPScoreLoss(nn.Module):
@@ -43,7 +44,7 @@ class CLIPScoreLoss(nn.Module):
         """An open_clip architecture (e.g. "ViT-B-32") with weights from the local file `pretrained`."""
         import os
 
-        import open_clip
+        open_clip = import_optional("open_clip")
 
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"`pretrained` must be a local weights file (nothing is downloaded): {pretrained}")
@@ -56,14 +57,14 @@ class CLIPScoreLoss(nn.Module):
     @classmethod
     def tiny(cls, seed: int = 0, **kwargs) -> CLIPScoreLoss:
         """A randomly initialised tiny open_clip CLIP (32 px, one layer per tower), for tests and examples."""
-        import open_clip
-        from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+        open_clip = import_optional("open_clip")
+        clip_model = import_optional("open_clip.model")
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32,
-                                                                head_width=16),
-                         text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+            vision = clip_model.CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32, head_width=16)
+            text = clip_model.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+            model = clip_model.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
         return cls(model, open_clip.get_tokenizer("ViT-B-32"), 32, open_clip.OPENAI_DATASET_MEAN,
                    open_clip.OPENAI_DATASET_STD, **kwargs)
 

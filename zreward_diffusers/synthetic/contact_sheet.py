@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..optional import import_optional
 from .annotators import LEVELS
 from .oracle import DIMENSIONS
 from .world import SyntheticItem
@@ -15,10 +16,8 @@ _SHORT = {"alignment": "align", "aesthetics": "aesth", "realism": "real", "physi
 
 def contact_sheet(items: list[SyntheticItem], path: str | Path, columns: int = 4) -> Path:
     """Draw `items` (image, prompt, per-dimension panel histogram and consensus label) into a PNG at `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import_optional("matplotlib").use("Agg")
+    plt = import_optional("matplotlib.pyplot")
 
     rows = -(-len(items) // columns)
     figure = plt.figure(figsize=(4.2 * columns, 2.5 * rows), dpi=110)
