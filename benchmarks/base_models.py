@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["runs/base/teacher", "runs/base/student"])
     parser.add_argument("--num_images", type=int, default=1024)
-    # Sessions 6-8 used 20,000, inside the shipped stage-0 pool (groups 2,176-51,327): those towers had seen them.
+    # Groups from 20,000 lie inside the shipped stage-0 pool (groups 2,176-51,327): its towers have seen them.
     parser.add_argument("--start_group", type=int, default=1_000_000)
     parser.add_argument("--world_seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=64)

@@ -29,7 +29,7 @@ def _worker(rank: int, world_size: int, port: int, result_path: str) -> None:
         # exception"). Training scripts get the same from accelerate's wait_for_everyone()/end_training().
         dist.barrier()
         dist.destroy_process_group()
-    # Even with the barrier, a fresh-clone run (2026-11-29) aborted once in gloo's teardown at interpreter exit. The
+    # Even with the barrier, a fresh-clone run aborted once in gloo's teardown at interpreter exit. The
     # result is written and the group destroyed: leave without running the C++ exit-time destructors.
     os._exit(0)
 

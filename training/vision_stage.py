@@ -9,7 +9,7 @@ where the same tower with a direct classification loss reaches that in a few hun
 heads on its output tokens, one head per attribute of the true scene (`TARGETS`); the heads are then dropped, and the
 whole model is trained on conversations as before. The saved checkpoint is an ordinary Qwen2-VL.
 
-Two choices make the tower learn faster per image (measured, benchmarks/README.md "Base models", session 8):
+Two choices make the tower learn faster per image (measured, benchmarks/README.md "Base models"):
 
 - the heads read the image's output tokens side by side (`head="tokens"`), as the language model will, instead of
   their mean (`head="mean"`), which leaves the tower to squeeze where things are into every token;
@@ -25,7 +25,7 @@ share their vision encoder across sizes in the same way (Qwen2-VL's 2B and 7B, W
 
 The optimizer is AdamW, or with `vision_optimizer: muon` Muon on the tower's and mergers' weight matrices and AdamW on
 the rest (`training.optim.MuonAdamW`; Jordan et al. 2024): measured here, Muon names shape after 2,500 steps as well
-as AdamW after about 8,000 (benchmarks/README.md, "Base models", session 10).
+as AdamW after about 8,000 (benchmarks/README.md, "Base models").
 
 Each step's images are a function of `(seed, step)`; the stage saves a training state (tower, heads, optimizer moments,
 scheduler, RNG) every `save_every` steps, so `--resume` continues it exactly.
