@@ -311,7 +311,8 @@ class RewardFinetuner:
                 self.save_state(done, self.seconds + time.perf_counter() - started)
         self.seconds += time.perf_counter() - started
         self.save_lora("lora")
-        metrics = {"method": config.method, "steps": config.steps, "train_seconds": round(self.seconds, 1),
+        metrics = {"method": config.method, "steps": config.steps, "resumed_from_step": self.start_step,
+                   "train_seconds": round(self.seconds, 1),
                    "stopped_early": stopped_early, "evaluations": evaluations, "history": self.history}
         if accelerator.is_main_process:
             path = self.output_dir / "metrics.json"

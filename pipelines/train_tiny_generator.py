@@ -115,7 +115,9 @@ def start_or_resume(accelerator, module, optimizer, scheduler, state_dir: Path):
     return module, optimizer, scheduler, checkpoints, checkpoints.resume() or Progress()
 
 
-def train_vae(accelerator, vae, images: torch.Tensor, config: GeneratorConfig, state_dir: Path) -> list[float]:
+def train_vae(accelerator, vae, images: torch.Tensor, config: GeneratorConfig,
+              state_dir: Path) -> tuple[list[float], int]:
+    """Train the VAE (resuming from `state_dir`); returns its step losses and the step it resumed from."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     prepared, optimizer, scheduler, checkpoints, progress = start_or_resume(accelerator, vae, optimizer, scheduler,
@@ -136,7 +138,7 @@ def train_vae(accelerator, vae, images: torch.Tensor, config: GeneratorConfig, s
         if (step + 1) % config.save_every == 0 or step + 1 == config.vae_steps:
             checkpoints.save(Progress(step + 1, 0.0, {"losses": losses}))
     vae.eval()
-    return losses
+    return losses, start
 
 
 class _Denoiser(torch.nn.Module):
@@ -146,7 +148,9 @@ class _Denoiser(torch.nn.Module):
 
 
 def train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, images, prompts, config,
-               state_dir: Path) -> list[float]:
+               state_dir: Path) -> tuple[list[float], int]:
+    """Train the UNet and text encoder on the frozen VAE's latents (resuming from `state_dir`); returns the step
+    losses and the step it resumed from."""
     module = _Denoiser(unet, text_encoder)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.unet_lr)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))
@@ -180,7 +184,7 @@ def train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, image
         if (step + 1) % config.save_every == 0 or step + 1 == config.unet_steps:
             checkpoints.save(Progress(step + 1, 0.0, {"losses": losses}))
     module.eval()
-    return losses
+    return losses, start
 
 
 def train_generator(config: GeneratorConfig) -> dict:
@@ -194,14 +198,15 @@ def train_generator(config: GeneratorConfig) -> dict:
     images, prompts = world_data(config)
     vae, text_encoder, tokenizer, unet, scheduler = build_components(config)
     accelerator = Accelerator(cpu=True)  # the tiny generator trains on the CPU, identically on every process
-    vae_losses = train_vae(accelerator, vae, images, config, out / "vae_state")
+    vae_losses, vae_resumed = train_vae(accelerator, vae, images, config, out / "vae_state")
     vae.requires_grad_(False)
-    unet_losses = train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, images, prompts, config,
-                             out / "unet_state")
+    unet_losses, unet_resumed = train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, images,
+                                           prompts, config, out / "unet_state")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     metrics = {"images": len(images), "image_size": config.image_size,
+               "resumed_from_step": {"vae": vae_resumed, "unet": unet_resumed},
                "seconds": round(time.perf_counter() - started), "vae_final_loss": float(np.mean(vae_losses[-50:])),
                "unet_final_loss": float(np.mean(unet_losses[-50:])),
                "vae_loss_curve": loss_curve(vae_losses), "unet_loss_curve": loss_curve(unet_losses),

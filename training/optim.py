@@ -6,7 +6,7 @@ https://kellerjordan.github.io/posts/muon/; analysed at scale by Liu et al. 2025
 that every direction of the update moves at the same rate. Embeddings, normalisation gains, biases, convolutions and
 output heads stay with AdamW (Loshchilov & Hutter 2019, arXiv 1711.05101), as Muon's authors advise.
 
-Measured here (benchmarks/README.md, "Base models"): stage 0 of base pretraining (`training.vision_stage`)
+Measured here (docs/experiments/base-models.md): stage 0 of base pretraining (`training.vision_stage`)
 names the shape of held-out images after 2,500 steps as well as AdamW does after about 8,000.
 
 `MuonAdamW` is a plain `torch.optim.Optimizer`: its param groups carry `"muon": True` or `False`, learning-rate

@@ -8,7 +8,7 @@ the same number of patches (the base pretraining's 56 px images, a generator's b
 attention is one batched call over `(images, heads, patches, head_dim)`. `batched_vision_attention` installs that
 path on the towers of the given models for the duration of a `with` block; batches of unequal images fall back to
 the library's own forward. Measured in stage 0 of `training.pretrain_base` on the 2-core CPU machine: 114 ms a step
-of 64 images before, 97 ms with it (4,000 steps: 455 s and 389 s; `benchmarks/README.md`).
+of 64 images before, 97 ms with it (4,000 steps: 455 s and 389 s; docs/experiments/base-models.md).
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ Real VLMs start from a vision encoder that was pretrained on its own (Qwen-VL's 
 2023, arXiv 2308.12966, §3; LLaVA aligns a frozen CLIP tower, Liu et al. 2023, arXiv 2304.08485), and only then learn
 to talk about images. Our tiny towers, trained only through the language model's answers, learn slowly: measured
 here, the teacher-size tower named the shape of held-out images 70% of the time after 1,000 description steps,
-where the same tower with a direct classification loss reaches that in a few hundred steps (benchmarks/README.md,
-"Base models"). So `training.pretrain_base` first trains the tower (patch embedding, blocks and merger) with linear
+where the same tower with a direct classification loss reaches that in a few hundred steps
+(docs/experiments/base-models.md). So `training.pretrain_base` first trains the tower (patch embedding, blocks and merger) with linear
 heads on its output tokens, one head per attribute of the true scene (`TARGETS`); the heads are then dropped, and the
 whole model is trained on conversations as before. The saved checkpoint is an ordinary Qwen2-VL.
 
-Two choices make the tower learn faster per image (measured, benchmarks/README.md "Base models"):
+Two choices make the tower learn faster per image (measured: docs/experiments/base-models.md):
 
 - the heads read the image's output tokens side by side (`head="tokens"`), as the language model will, instead of
   their mean (`head="mean"`), which leaves the tower to squeeze where things are into every token;
@@ -25,7 +25,7 @@ share their vision encoder across sizes in the same way (Qwen2-VL's 2B and 7B, W
 
 The optimizer is AdamW, or with `vision_optimizer: muon` Muon on the tower's and mergers' weight matrices and AdamW on
 the rest (`training.optim.MuonAdamW`; Jordan et al. 2024): measured here, Muon names shape after 2,500 steps as well
-as AdamW after about 8,000 (benchmarks/README.md, "Base models").
+as AdamW after about 8,000 (docs/experiments/base-models.md).
 
 Each step's images are a function of `(seed, step)`; the stage saves a training state (tower, heads, optimizer moments,
 scheduler, RNG) every `save_every` steps, so `--resume` continues it exactly.
