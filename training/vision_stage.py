@@ -5,9 +5,9 @@ Real VLMs start from a vision encoder that was pretrained on its own (Qwen-VL's 
 to talk about images. Our tiny towers, trained only through the language model's answers, learn slowly: measured
 here, the teacher-size tower named the shape of held-out images 70% of the time after 1,000 description steps,
 where the same tower with a direct classification loss reaches that in a few hundred steps
-(docs/experiments/base-models.md). So `training.pretrain_base` first trains the tower (patch embedding, blocks and merger) with linear
-heads on its output tokens, one head per attribute of the true scene (`TARGETS`); the heads are then dropped, and the
-whole model is trained on conversations as before. The saved checkpoint is an ordinary Qwen2-VL.
+(docs/experiments/base-models.md). So `training.pretrain_base` first trains the tower (patch embedding, blocks and
+merger) with linear heads on its output tokens, one head per attribute of the true scene (`TARGETS`); the heads are
+then dropped, and the whole model is trained on conversations as before. The saved checkpoint is an ordinary Qwen2-VL.
 
 Two choices make the tower learn faster per image (measured: docs/experiments/base-models.md):
 
