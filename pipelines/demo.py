@@ -10,7 +10,7 @@ Stages (each a subprocess running an ordinary entry point with a config written 
     data          python -m training.make_synthetic      held-out labelled data + contact sheet
     base_teacher  python -m training.pretrain_base       teacher-size base VLM (describes the world's images)
     base_student  python -m training.pretrain_base       student-size base VLM
-    teacher_sft   python -m training.sft                 cold start on rationales (DESIGN §4)
+    teacher_sft   python -m training.sft                 cold start on rationales (docs/method.md, 'Cold start')
     teacher_gdso  python -m training.gdso                GDSO from the cold start
     student_risd  python -m training.risd                RISD: the student distils the teacher's distributions
     direct        python -m training.sft (no reasoning)  baseline: the student trained on panel labels alone

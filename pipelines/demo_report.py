@@ -305,11 +305,11 @@ def write_report(out: Path, profile: str, timings: dict, settings: dict) -> dict
 
     text = f"""# Z-Reward demo report (profile `{profile}`)
 
-The whole method in miniature on the synthetic world (DESIGN §7): base VLMs → teacher (cold-start SFT, then GDSO)
-→ student (RISD) → DRaFT LoRA tuning of a tiny Stable Diffusion pipeline with the student as the reward → judged by
-the world's oracle. Every number below was measured by this run; the stages' configs are in `configs/`, their logs in
-`logs/`. Held-out preference accuracy: pairs of images of the same prompt, the panel's majority preference, ties
-excluded, predicted ties count ½ ({settings['eval_groups']} held-out prompt groups).
+The whole method in miniature on the synthetic world (docs/design.md, 'The synthetic world'): base VLMs → teacher
+(cold-start SFT, then GDSO) → student (RISD) → DRaFT LoRA tuning of a tiny Stable Diffusion pipeline with the student
+as the reward → judged by the world's oracle. Every number below was measured by this run; the stages' configs are in
+`configs/`, their logs in `logs/`. Held-out preference accuracy: pairs of images of the same prompt, the panel's
+majority preference, ties excluded, predicted ties count ½ ({settings['eval_groups']} held-out prompt groups).
 
 ## The data
 {figure("contact_sheet", "Sample images of the synthetic world with their prompts and the panel's histograms.")}

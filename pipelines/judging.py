@@ -4,7 +4,8 @@
   `kappa > 0`, the uncertainty-aware μ − κσ (prefer images the reward is sure about).
 - `gsb_compare`: the same prompts and seeds through two generators, each pair judged by any judge — the synthetic
   world's pixel oracle (`"oracle"`), a Z-Reward model (teacher or student: higher μ wins), or a callable returning
-  +1 / 0 / −1 — summarised as GSB net improvement (G − B)/(G + S + B) with a bootstrap CI over prompts (METHOD §4.4).
+  +1 / 0 / −1 — summarised as GSB net improvement (G − B)/(G + S + B) with a bootstrap CI over prompts (eq. 16 in
+  docs/method.md, 'Evaluation').
 
     python -m pipelines.judging --a runs/generator/pipeline --b runs/generator/pipeline --lora_b runs/draft/lora
 """

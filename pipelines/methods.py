@@ -1,4 +1,4 @@
-"""Gradient estimators through the sampler (DESIGN §4, METHOD §4.2): which steps of a rollout run with autograd.
+"""Gradient estimators through the sampler (docs/method.md, 'Generator fine-tuning'): which steps run with autograd.
 
 - `draft`: DRaFT-K (Clark et al., arXiv 2309.17400): the full chain, gradients through the last K steps only (K = 1
   default) and the VAE decoder.
@@ -12,7 +12,7 @@
 
 `sample(...)` returns decoded images in [−1, 1] with a graph to the denoiser's trainable (LoRA) parameters, plus,
 when a frozen-base regulariser is asked for, the mean squared distance between the tuned and the base model outputs
-at the steps that carried gradients ("velocity-space L2", METHOD §4.3).
+at the steps that carried gradients ("velocity-space L2"; docs/method.md, 'Generator fine-tuning').
 """
 
 from __future__ import annotations

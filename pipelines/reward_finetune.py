@@ -1,12 +1,12 @@
 """Reward fine-tuning of a diffusers generator with `ZRewardLoss`: LoRA on the denoiser, DRaFT-K / DRaFT-LV /
-AlignProp / ReFL gradients through the sampler (DESIGN §4 "Differentiable reward for generators", METHOD §4).
+AlignProp / ReFL gradients through the sampler (docs/method.md, 'Generator fine-tuning').
 
 Each step samples `batch_size` prompts, generates with the method's gradient path (`pipelines.methods`), scores the
-decoded images with the reward (the RISD student: one differentiable forward), and takes an optimizer step on the
-LoRA parameters only. Guardrails (METHOD §4.3): the uncertainty-averse reward (κ > 0 subtracts κ·σ), a velocity-space
-L2 to the frozen base at the steps that carry gradients, ReFL's saturating φ(r) = ReLU(margin − r), monitors (reward
-mean/std, the reward model's own σ on the samples, sample diversity, colour saturation) and early stopping on a
-held-out judge (the synthetic world's pixel oracle, for the world's prompts).
+decoded images with the reward (the RISD student: one differentiable forward), and takes an optimizer step on the LoRA
+parameters only. Guardrails (same section of docs/method.md): the uncertainty-averse reward (κ > 0 subtracts κ·σ), a
+velocity-space L2 to the frozen base at the steps that carry gradients, ReFL's saturating φ(r) = ReLU(margin − r),
+monitors (reward mean/std, the reward model's own σ on the samples, sample diversity, colour saturation) and early
+stopping on a held-out judge (the synthetic world's pixel oracle, for the world's prompts).
 
     python -m pipelines.reward_finetune --config pipelines/configs/draft_tiny.yaml
     accelerate launch -m pipelines.reward_finetune --config pipelines/configs/draft_sdxl.yaml

@@ -1,9 +1,9 @@
 """Grad-enabled sampling for diffusers pipelines: one adapter per family over the pipeline's own components.
 
 Diffusers' `__call__` samples under `torch.no_grad()`; reward fine-tuning needs the same loop with autograd where the
-method asks for it (DESIGN §4, METHOD §4.2). Each adapter reuses the pipeline's prompt encoding (`encode_prompt`),
-latent preparation, denoiser, VAE and scheduler configuration, and exposes one denoising step as pure tensor
-functions (no scheduler state), so a method decides step by step what runs with gradients:
+method asks for it (docs/method.md, 'Generator fine-tuning'). Each adapter reuses the pipeline's prompt encoding
+(`encode_prompt`), latent preparation, denoiser, VAE and scheduler configuration, and exposes one denoising step as
+pure tensor functions (no scheduler state), so a method decides step by step what runs with gradients:
 
 - `StableDiffusionRollout` (SD 1.x/2.x, ε- or v-prediction) and `StableDiffusionXLRollout`: deterministic DDIM
   (η = 0, as DDPO/DRaFT/AlignProp sample), built from the pipeline's scheduler config;

@@ -1,4 +1,6 @@
-"""Teacher GDSO — Group-wise Direct Score Optimization (DESIGN §4, METHOD §2) — and the GRPO baseline.
+"""Teacher GDSO — Group-wise Direct Score Optimization (Z-Reward, arXiv 2606.09076) — and the GRPO baseline.
+
+The method as implemented, with the equation numbers used below, is in docs/method.md, 'GDSO'.
 
 Per step: `groups_per_step` (prompt group, dimension) units whose labels differ within the group; for each of the
 group's N images, G reasoning chains are sampled; after each chain the answer prefix is teacher-forced and the score

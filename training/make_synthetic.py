@@ -1,4 +1,4 @@
-"""Write a labelled dataset of the synthetic world (DESIGN §6) in our on-disk format.
+"""Write a labelled dataset of the synthetic world (docs/design.md, 'The synthetic world') in our on-disk format.
 
     python -m training.make_synthetic --out runs/synthetic --n 20000 --seed 0
     python -m training.make_synthetic --out runs/sheet --n 16 \

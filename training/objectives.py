@@ -1,11 +1,12 @@
 """The training objectives of the teacher, the student and the baselines, as pure tensor functions.
 
-Equations and defaults follow DESIGN §4 and METHOD §2–3 (Z-Reward, arXiv 2606.09076, as reconstructed there): the GDSO
-reward (METHOD eq. 6), the advantage with a std floor (eq. 7, after GRPO arXiv 2402.03300 and DAPO arXiv 2503.14476),
-the clipped token-level policy gradient (eq. 8, DAPO's clip-higher), the direct pointwise KL (eq. 9, DeQA-Score arXiv
-2501.11561) and pairwise gap terms (eq. 10), the RISD loss (eq. 13) and the baselines' losses. Every function returns
-*sums* and the counts they are over where a loop must normalise across processes (a token-level mean over the global
-batch is a sum of local sums divided by a global count).
+Equations and defaults follow Z-Reward (arXiv 2606.09076) as reconstructed in docs/method.md, sections 'Teacher',
+'Student: RISD' and 'Baselines', whose equation numbers are used here: the GDSO reward (eq. 6), the advantage with a
+std floor (eq. 7, after GRPO arXiv 2402.03300 and DAPO arXiv 2503.14476), the clipped token-level policy gradient
+(eq. 8, DAPO's clip-higher), the direct pointwise KL (eq. 9, DeQA-Score arXiv 2501.11561) and pairwise gap terms
+(eq. 10), the RISD loss (eq. 13) and the baselines' losses. Every function returns *sums* and the counts they are over
+where a loop must normalise across processes (a token-level mean over the global batch is a sum of local sums divided
+by a global count).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def huber(x: torch.Tensor, delta: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ GDSO
 def gdso_rewards(expected: torch.Tensor, labels: torch.Tensor, level_span: float, alpha: float = 0.5,
                  finished: torch.Tensor | None = None, format_penalty: float = 1.0) -> torch.Tensor:
-    """METHOD eq. (6) for one prompt group: `expected` μ `(N, G)` (N images, G rollouts), `labels` y `(N,)`.
+    """Eq. (6) of docs/method.md for one prompt group: `expected` μ `(N, G)` (N images, G rollouts), `labels` y `(N,)`.
 
     R_ij = 1 − |μ_ij − y_j| / (v_K − v_1) + α · share of the group's other images l with y_l ≠ y_j that rollout i
     of image j orders as the labels do against l's rollout mean μ̄_l (no share, no term, when there are none)
@@ -64,7 +65,7 @@ def gdso_rewards(expected: torch.Tensor, labels: torch.Tensor, level_span: float
 
 
 def group_advantages(rewards: torch.Tensor, std_floor: float = 0.05) -> torch.Tensor:
-    """METHOD eq. (7): (R − mean_i R) / max(std_i R, σ_min) over each image's G rollouts (last dimension).
+    """Eq. (7) of docs/method.md: (R − mean_i R) / max(std_i R, σ_min) over each image's G rollouts (last dimension).
 
     The std is the population std (GRPO's group statistics over the G samples drawn)."""
     mean = rewards.mean(dim=-1, keepdim=True)
@@ -79,7 +80,7 @@ def has_spread(rewards: torch.Tensor, min_std: float = 1e-3) -> torch.Tensor:
 
 def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, eps_low: float = 0.2, eps_high: float = 0.28) -> torch.Tensor:
-    """METHOD eq. (8) summed over tokens: −Σ_t min(ρ_t Â, clip(ρ_t, 1 − ε_low, 1 + ε_high) Â) on `mask`ed tokens.
+    """Eq. (8) of docs/method.md, summed over the `mask`ed tokens: −Σ_t min(ρ_t Â, clip(ρ_t, 1 − ε_low, 1 + ε_high) Â).
 
     `log_probs`, `old_log_probs`, `mask`: `(B, S)`; `advantages`: `(B,)`. Divide by the global token count for DAPO's
     token-level normalisation.
@@ -98,7 +99,7 @@ def k3_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, mask: torch.Tens
 
 def gap_loss(expected: torch.Tensor, labels: torch.Tensor, delta: float = 0.5, bt_weight: float = 0.5,
              temperature: float = 0.25) -> tuple[torch.Tensor, int]:
-    """METHOD eq. (10) summed over pairs: `(sum, number of terms)` for μ `(N, G)` and labels y `(N,)`.
+    """Eq. (10) of docs/method.md, summed over pairs: `(sum, number of terms)` for μ `(N, G)` and labels y `(N,)`.
 
     Every unordered pair (j, l) of the group is paired rollout by rollout (i with i): Huber_δ((μ_ij − μ_il) −
     (y_j − y_l)) + η · (−log σ(sgn(y_j − y_l) (μ_ij − μ_il) / T)); tied labels keep only the Huber term (target 0).
@@ -130,7 +131,7 @@ def rewarddance_loss(yes_no_log_probs: torch.Tensor, target: torch.Tensor) -> to
 
 
 def reverse_kl_exact(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
-    """OPD's loss in closed form (METHOD eq. 14): KL(p_S ‖ p_T) = Σ_s p_S(s) (log p_S(s) − log p_T(s)) per row.
+    """Per-row OPD loss in closed form (docs/method.md eq. 14): KL(p_S ‖ p_T) = Σ_s p_S(s) (log p_S(s) − log p_T(s)).
 
     `student_log_probs`, `teacher_log_probs` `(B, V)`: log-probabilities over the same vocabulary. The student comes
     first (reverse KL, mode-seeking: the expectation is under the student's own distribution).

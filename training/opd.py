@@ -1,11 +1,11 @@
-"""The on-policy distillation (OPD) baseline of the student table (DESIGN §4 "Baselines", METHOD §3.3).
+"""The on-policy distillation (OPD) baseline of the student table (docs/method.md, 'Baselines').
 
 OPD distils token sequences: the student samples, the teacher scores each sampled token on the *student's* prefix,
 and the per-token reward is −(log π_S − log π_T) — token-level reverse KL (GKD arXiv 2306.13649, MiniLLM arXiv
 2306.08543, Thinking Machines' "On-Policy Distillation", 2025). For a no-reasoning student the only sampled token is
 the score token at the answer slot, and the teacher is read on the same prefix with no reasoning:
 
-    L_OPD = E_{s ~ p_S}[log p_S(s|x) − log p_T(s|x, ∅)] = KL(p_S ‖ p_T(·|x, ∅))          (METHOD eq. 14)
+    L_OPD = E_{s ~ p_S}[log p_S(s|x) − log p_T(s|x, ∅)] = KL(p_S ‖ p_T(·|x, ∅))          (eq. 14 in docs/method.md)
 
 `estimator: sampled` (default) follows OPD: `num_samples` tokens drawn from the student's full-vocabulary distribution,
 REINFORCE with the detached per-token reverse-KL reward; `estimator: exact` computes the same KL in closed form over

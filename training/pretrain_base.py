@@ -1,6 +1,7 @@
 """Pretrain the world's base VLMs: tiny Qwen2-VL students and teachers that can name what the world's images show.
 
-A from-scratch tiny VLM does not learn to compare its prompt with its image from score labels alone (DESIGN §6);
+A from-scratch tiny VLM does not learn to compare its prompt with its image from score labels alone
+(docs/design.md, 'The synthetic world');
 real VLMs arrive pretrained, and so must ours. This entry point builds one tokenizer on the world's text (prompts,
 descriptions, rationales, the questions below and the rubric's wording), shared by all models, then trains each
 model in `config.models` from scratch on chat-formatted conversations about one image (image first), whose answers

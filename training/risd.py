@@ -1,6 +1,7 @@
-"""Student RISD — Reasoning-Internalized Score Distillation (DESIGN §4, METHOD §3).
+"""Student RISD — Reasoning-Internalized Score Distillation (Z-Reward, arXiv 2606.09076).
 
-The teacher samples M reasoning chains per input; the target is the average of the distributions it reads after each,
+The method as implemented, with the equation numbers used below, is in docs/method.md, 'Student: RISD'. The teacher
+samples M reasoning chains per input; the target is the average of the distributions it reads after each,
 q̄(k|x) = (1/M) Σ_m p_T(k|x, r_m) (eq. 12), cached on disk once (`training.teacher_cache`). The student reads
 p_S(k|x) with no reasoning, in one forward pass, and minimises (eq. 13)
 

@@ -1,6 +1,7 @@
 """RISD into a CLIP-sized student (`zreward_diffusers.clip_student.ClipStudentScorer`): the same loss as
-`training.risd` — KL(q̄ ‖ p_S) + λ_g Huber on within-group gaps + λ_h KL(q_human ‖ p_S), METHOD eq. 13 — from the same
-teacher cache, on open_clip towers with a K-level head per dimension instead of a VLM's score tokens.
+`training.risd` — KL(q̄ ‖ p_S) + λ_g Huber on within-group gaps + λ_h KL(q_human ‖ p_S) (Z-Reward, arXiv 2606.09076,
+eq. 13 as reconstructed in docs/method.md, 'Student: RISD') — from the same teacher cache, on open_clip towers with a
+K-level head per dimension instead of a VLM's score tokens.
 
     python -m training.risd_clip --config training/configs/student_risd_clip_tiny.yaml
 

@@ -3,11 +3,10 @@
 Each row is one (image, prompt, dimension) with its written rationale: the rationale and the `</think>` that closes it
 are trained by token-level cross-entropy (averaged over the global batch's tokens), and the score distribution read
 right after the teacher-forced answer prefix is pulled to the soft target q (DeQA-Score: annotator histogram mixed with
-a mean-preserving Gaussian, or the Gaussian around a single label) by KL(q ‖ p), averaged over rows (DESIGN §4,
-METHOD §2.7 "Pipeline"); by default the KL is taken against the full-vocabulary next-token distribution, which
-adds −log(mass on the K score tokens) and so also teaches the model to write a score token there. With
-`reasoning: false` the rows carry no rationale and only the KL term trains: a no-reasoning model supervised directly
-on the labels.
+a mean-preserving Gaussian, or the Gaussian around a single label) by KL(q ‖ p), averaged over rows (docs/method.md,
+'Cold start'); by default the KL is taken against the full-vocabulary next-token distribution, which adds −log(mass on
+the K score tokens) and so also teaches the model to write a score token there. With `reasoning: false` the rows carry
+no rationale and only the KL term trains: a no-reasoning model supervised directly on the labels.
 
     python -m training.sft --config training/configs/teacher_sft_tiny.yaml
     accelerate launch -m training.sft --config training/configs/teacher_sft_tiny.yaml      # same code, N processes

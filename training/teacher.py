@@ -1,4 +1,4 @@
-"""One command for the teacher: cold-start SFT, then GDSO from its checkpoint (DESIGN §4).
+"""One command for the teacher: cold-start SFT, then GDSO from its checkpoint (docs/method.md, 'Teacher').
 
 Stages are cached and resumable: a stage whose `metrics.json` exists is skipped, an interrupted one continues from
 its last training state. `<output_dir>/sft/model` and `<output_dir>/gdso/model` are Z-Reward checkpoints

@@ -1,5 +1,6 @@
 """The teacher cache of RISD: for each input, M sampled reasoning chains, the score distribution read after each, and
-their average q̄(k|x) = (1/M) Σ_m p_T(k|x, r_m) (METHOD eq. 12) — computed once, on disk, reused by every student run.
+their average q̄(k|x) = (1/M) Σ_m p_T(k|x, r_m) (Z-Reward, arXiv 2606.09076, eq. 12 as reconstructed in
+docs/method.md, 'Student: RISD') — computed once, on disk, reused by every student run.
 
 Layout: `<cache_dir>/<fingerprint>/entries.jsonl`, one JSON object per input (`key`, `record_id`, `dimension`,
 `chains`, `finished`, `probs` (M × K), `mean` (K)), and `settings.json`. Under `accelerate launch` process `r > 0`

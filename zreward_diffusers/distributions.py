@@ -5,9 +5,9 @@ A score distribution is a probability vector ``probs`` of shape ``(..., K)`` ove
 leading batch shape, keeps autograd, and computes in float32 or float64: float16/bfloat16 (and integer) inputs
 are upcast to float32, float64 anywhere in the inputs gives float64.
 
-The equation numbers refer to ``METHOD.md``: statistics (2)-(3) and the pairwise preference (4) of section 1.2,
-the soft targets (5) of section 1.3 (after DeQA-Score, arXiv 2501.11561), the calibration metrics (18) of section
-5.2. The expected-score readout follows Q-Align (arXiv 2312.17090).
+The equation numbers refer to ``docs/method.md``: statistics (2)-(3) and the pairwise preference (4) of its section
+'Score distributions', the soft targets (5) of 'Soft targets' (after DeQA-Score, arXiv 2501.11561), the calibration
+metric (18) of 'Evaluation'. The expected-score readout follows Q-Align (arXiv 2312.17090).
 
 Validation is kept apart from computation: the functions only check shapes (metadata, free on any device), while
 :func:`check_levels`, :func:`check_distribution` and :func:`check_label_index` check values (they synchronise
@@ -151,7 +151,7 @@ def check_label_index(label_index: torch.Tensor, num_levels: int, name: str = "l
 
 
 def expected_score(probs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Expected score ``mu = sum_k p_k v_k`` (METHOD eq. 2; the Q-Align readout, arXiv 2312.17090).
+    """Expected score ``mu = sum_k p_k v_k`` (docs/method.md eq. 2; the Q-Align readout, arXiv 2312.17090).
 
     Args:
         probs: ``(..., K)`` probabilities.
@@ -170,7 +170,7 @@ def expected_score(probs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def score_std(probs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Standard deviation ``sigma = sqrt(sum_k p_k (v_k - mu)^2)`` of the score (METHOD eq. 2).
+    """Standard deviation ``sigma = sqrt(sum_k p_k (v_k - mu)^2)`` of the score (docs/method.md eq. 2).
 
     The variance is computed in the centred form (non-negative by construction) and clamped at 0. The square
     root is made backward-safe without changing any value: where the variance is 0 (a one-hot distribution) the
@@ -201,7 +201,7 @@ def score_std(probs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy ``H = -sum_k p_k log p_k`` in nats, with ``0 log 0 = 0`` (METHOD eq. 2).
+    """Shannon entropy ``H = -sum_k p_k log p_k`` in nats, with ``0 log 0 = 0`` (docs/method.md eq. 2).
 
     Entries with ``p_k = 0`` contribute 0 to the value and 0 to the gradient (the true derivative is
     ``+inf`` there), so the gradient is finite everywhere.
@@ -223,7 +223,7 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def normalized_reward(expected: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Expected score rescaled to ``[0, 1]``: ``(mu - v_1) / (v_K - v_1)`` (METHOD eq. 3).
+    """Expected score rescaled to ``[0, 1]``: ``(mu - v_1) / (v_K - v_1)`` (docs/method.md eq. 3).
 
     Args:
         expected: ``(...)`` expected scores, e.g. from :func:`expected_score`.
@@ -244,7 +244,7 @@ def normalized_reward(expected: torch.Tensor, levels: torch.Tensor) -> torch.Ten
 
 
 def preference_probability(probs_a: torch.Tensor, probs_b: torch.Tensor) -> torch.Tensor:
-    """Probability that a draw from ``a`` beats an independent draw from ``b``, ties split evenly (METHOD eq. 4).
+    """Probability that a draw from ``a`` beats an independent draw from ``b`` (ties count 1/2; docs/method.md eq. 4).
 
     ``P(a > b) = sum_{k>l} p_a,k p_b,l + 1/2 sum_k p_a,k p_b,k = sum_k p_a,k (F_b(k) - p_b,k / 2)``, with ``F_b``
     the cumulative distribution of ``b``; this is O(K). Only the order of the levels matters, not their values.
@@ -277,7 +277,7 @@ def _standard_normal_mass(lower: torch.Tensor, upper: torch.Tensor) -> torch.Ten
 
 
 def _discretised_gaussian(y: torch.Tensor, levels: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Unnormalised METHOD eq. 5: Gaussian mass in ``[e_k^-, e_k^+]``, midpoint edges, open outer bins."""
+    """Unnormalised docs/method.md eq. 5: Gaussian mass in ``[e_k^-, e_k^+]``, midpoint edges, open outer bins."""
     midpoints = 0.5 * (levels[1:] + levels[:-1])
     infinity = levels.new_full((1,), float("inf"))
     lower_edges = torch.cat([-infinity, midpoints])
@@ -426,7 +426,7 @@ def histogram_soft_target(
     epsilon: float = 0.1,
     sigma: torch.Tensor | float = 0.5,
 ) -> torch.Tensor:
-    """Soft target from annotator votes: ``q = (1 - epsilon) h + epsilon g_sigma(y_bar)`` (METHOD section 1.3).
+    """Annotator-vote soft target ``q = (1 - epsilon) h + epsilon g_sigma(y_bar)`` (docs/method.md, 'Soft targets').
 
     ``h`` is the histogram normalised per row, ``y_bar = sum_k h_k v_k`` its mean and ``g_sigma`` the corrected
     Gaussian of :func:`gaussian_soft_target`; since ``g_sigma(y_bar)`` has mean ``y_bar``, so has ``q``.
@@ -467,8 +467,8 @@ def kl_divergence(
 ) -> torch.Tensor:
     """Kullback-Leibler divergence ``KL(target || probs) = sum_k t_k (log t_k - log p_k)``, ``0 log 0 = 0``.
 
-    The pointwise and distillation loss of DeQA-Score (arXiv 2501.11561) and of METHOD sections 2.5 and 3.2, and
-    the teacher-student metric of METHOD section 5 (item 4). Pass exactly one of ``probs`` or ``log_probs`` (e.g.
+    The pointwise and distillation loss of DeQA-Score (arXiv 2501.11561) and of docs/method.md (eqs. 9 and 13), and the
+    teacher-student agreement metric of its section 'Evaluation'. Pass exactly one of ``probs`` or ``log_probs`` (e.g.
     ``log_softmax`` of the score logits, more stable).
     Levels with ``t_k = 0`` contribute 0 to the value and to the gradients, whatever ``p_k``; a level with
     ``t_k > 0`` and ``p_k = 0`` gives ``+inf``.
@@ -510,7 +510,7 @@ def kl_divergence(
 
 
 def earth_movers_distance(probs_a: torch.Tensor, probs_b: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Wasserstein-1 distance between two distributions on the levels (METHOD eq. 18).
+    """Wasserstein-1 distance between two distributions on the levels (docs/method.md eq. 18).
 
     ``W1 = sum_{k<K} |F_a(k) - F_b(k)| (v_{k+1} - v_k)`` with cumulative distributions ``F``; on the uniform
     half-point grid this is ``0.5 * sum_k |F_a(k) - F_b(k)|``, and it handles non-uniform grids. The gradient of
@@ -553,7 +553,7 @@ def _label_probability_terms(probs: torch.Tensor, label_index: torch.Tensor) -> 
 
 
 def brier_score(probs: torch.Tensor, label_index: torch.Tensor) -> torch.Tensor:
-    """Multi-class Brier score ``sum_k (p_k - 1[k = y])^2`` (METHOD section 5.2).
+    """Multi-class Brier score ``sum_k (p_k - 1[k = y])^2`` (docs/method.md, 'Evaluation').
 
     Computed as ``sum_k p_k^2 - 2 p_y + 1``. Use :func:`check_label_index` to validate the label values.
 
@@ -572,7 +572,7 @@ def brier_score(probs: torch.Tensor, label_index: torch.Tensor) -> torch.Tensor:
 
 
 def negative_log_likelihood(probs: torch.Tensor, label_index: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood ``-log p_y`` of the human label's level (METHOD section 5.2), in nats.
+    """Negative log-likelihood ``-log p_y`` of the human label's level (docs/method.md, 'Evaluation'), in nats.
 
     Use :func:`check_label_index` to validate the label values. ``p_y = 0`` gives ``+inf``.
 

@@ -1,4 +1,4 @@
-"""Checking and converting the images and prompts a reward is called with (DESIGN §3, "bad input").
+"""Checking and converting the images and prompts a reward is called with (docs/design.md, 'Public contract': errors).
 
 Every check raises a `ValueError` or `TypeError` that names the argument and says what was expected.
 """

@@ -1,6 +1,7 @@
 """`ZRewardLoss`: the student's expected rubric score as a differentiable loss for generator fine-tuning.
 
-Reward (DESIGN §4, METHOD eq. 15), per image, over the rubric dimensions d with weights w_d (summing to 1):
+Reward (Z-Reward, arXiv 2606.09076; eq. 15 as implemented, in docs/method.md, 'The reward a generator optimises'),
+per image, over the rubric dimensions d with weights w_d (summing to 1):
 
     without running normalisation:  R = Σ_d w_d (μ_d − v_1) / (v_K − v_1)  −  κ Σ_d w_d σ_d / (v_K − v_1)
     with running normalisation:     R = Σ_d w_d (μ_d − m_d) / s_d           −  κ Σ_d w_d σ_d / s_d

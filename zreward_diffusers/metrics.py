@@ -1,8 +1,8 @@
 """Evaluation metrics for score-distribution rewards: preference accuracy, calibration, correlation, GSB.
 
-This is the evaluation suite of ``METHOD.md`` section 5 (equations 4, 16-18), run on saved predictions rather
-than inside a training step: inputs are NumPy arrays, torch tensors (detached and moved to the CPU once) or
-nested lists; outputs are Python floats and ints in dicts, plus NumPy arrays for the reliability-diagram bins.
+This is the evaluation suite of ``docs/method.md``, section 'Evaluation' (equations 4, 16-18 there), run on saved
+predictions rather than inside a training step: inputs are NumPy arrays, torch tensors (detached and moved to the CPU
+once) or nested lists; outputs are Python floats and ints in dicts, plus NumPy arrays for the reliability-diagram bins.
 Computation is in float64. Distribution statistics are delegated to :mod:`zreward_diffusers.distributions`.
 
 Conventions shared by the functions below:
@@ -195,7 +195,7 @@ def _scores_and_groups(
 
 
 def _pair_accuracy(predicted_gap: np.ndarray, human_sign: np.ndarray, name: str) -> dict[str, float | int]:
-    """METHOD eq. 17 over pairs: human ties dropped, exact predicted ties worth 1/2."""
+    """docs/method.md eq. 17 over pairs: human ties dropped, exact predicted ties worth 1/2."""
     untied = human_sign != 0
     num_pairs = int(untied.sum())
     if num_pairs == 0:
@@ -206,7 +206,7 @@ def _pair_accuracy(predicted_gap: np.ndarray, human_sign: np.ndarray, name: str)
 
 
 def pairwise_accuracy(predicted: ArrayLike, human: ArrayLike, groups: ArrayLike) -> dict[str, float | int]:
-    """Pairwise preference accuracy over all pairs within each group (METHOD eq. 17).
+    """Pairwise preference accuracy over all pairs within each group (docs/method.md eq. 17).
 
     ``Acc = mean over pairs (a, b) with y_a != y_b of 1[sgn(mu_a - mu_b) = sgn(y_a - y_b)]``, where a pair the
     prediction ties exactly (``mu_a == mu_b``) counts 1/2. Human-tied pairs are left out.
@@ -234,7 +234,7 @@ def pairwise_accuracy(predicted: ArrayLike, human: ArrayLike, groups: ArrayLike)
 def pairwise_accuracy_from_pairs(
     predicted_a: ArrayLike, predicted_b: ArrayLike, outcome: ArrayLike
 ) -> dict[str, float | int]:
-    """Pairwise preference accuracy on a pair-format dataset (Pick-a-Pic style), METHOD eq. 17.
+    """Pairwise preference accuracy on a pair-format dataset (Pick-a-Pic style), docs/method.md eq. 17.
 
     Same convention as :func:`pairwise_accuracy`: pairs with ``outcome == 0`` (human tie) are left out, and a
     predicted exact tie ``predicted_a == predicted_b`` counts 1/2.
@@ -278,13 +278,13 @@ def _tie_aware_pairs(
 def tie_aware_accuracy(
     predicted: ArrayLike, human: ArrayLike, groups: ArrayLike, epsilon: float
 ) -> dict[str, float | int]:
-    """Tie-aware pairwise accuracy ``acc_eq`` (Deutsch et al., "Ties Matter", arXiv 2305.14324; METHOD sec. 5.1).
+    """Tie-aware pairwise accuracy ``acc_eq`` (Deutsch et al., "Ties Matter", arXiv 2305.14324).
 
     Over *all* within-group pairs, human ties included: the prediction is a tie when ``|mu_a - mu_b| < epsilon``
     (an exact tie ``mu_a == mu_b`` is always a tie), else ``sgn(mu_a - mu_b)``; a pair agrees when the predicted
     and the human outcome are equal, tie-tie included. ``acc_eq = (#agree) / (#all pairs)``. Note the strict
     ``<``: mt-metrics-eval ties ``|mu_a - mu_b| <= epsilon``. Tune ``epsilon`` on a dev split with
-    :func:`calibrate_tie_epsilon`.
+    :func:`calibrate_tie_epsilon` (docs/method.md, 'Evaluation').
 
     Args:
         predicted: ``(N,)`` predicted scores.
@@ -350,7 +350,7 @@ def calibrate_tie_epsilon(predicted: ArrayLike, human: ArrayLike, groups: ArrayL
 
 
 def mean_nll(probs: ArrayLike, labels: ArrayLike) -> float:
-    """Mean negative log-likelihood of the human labels, in nats (METHOD sec. 5.2).
+    """Mean negative log-likelihood of the human labels, in nats (docs/method.md, 'Evaluation').
 
     With integer labels this is ``mean_i -log p_i(y_i)``. With histograms it is the NLL averaged over each
     item's annotator votes, the cross-entropy ``-sum_k h_k log p_k`` with ``h`` normalised per row (levels with
@@ -381,7 +381,7 @@ def mean_nll(probs: ArrayLike, labels: ArrayLike) -> float:
 
 
 def mean_brier(probs: ArrayLike, labels: ArrayLike) -> float:
-    """Mean multi-class Brier score ``sum_k (p_k - 1[k = y])^2`` (METHOD sec. 5.2).
+    """Mean multi-class Brier score ``sum_k (p_k - 1[k = y])^2`` (docs/method.md, 'Evaluation').
 
     With histograms, the Brier score is averaged over each item's annotator votes,
     ``sum_k h_k Brier(p, k) = sum_k p_k^2 - 2 sum_k h_k p_k + 1`` (the same as with one label when ``h`` is
@@ -411,7 +411,7 @@ def mean_brier(probs: ArrayLike, labels: ArrayLike) -> float:
 
 
 def mean_emd(probs: ArrayLike, histograms: ArrayLike, levels: ArrayLike) -> float:
-    """Mean Wasserstein-1 (earth mover's) distance ``sum_k |F_p(k) - F_h(k)| (v_{k+1} - v_k)`` (METHOD eq. 18).
+    """Mean Wasserstein-1 (earth mover's) distance ``sum_k |F_p(k) - F_h(k)| (v_{k+1} - v_k)`` (docs/method.md eq. 18).
 
     Args:
         probs: ``(N, K)`` predicted distributions.
@@ -433,7 +433,7 @@ def mean_emd(probs: ArrayLike, histograms: ArrayLike, levels: ArrayLike) -> floa
 def mean_js_divergence(probs: ArrayLike, histograms: ArrayLike) -> float:
     """Mean Jensen-Shannon divergence ``JS = KL(p || m) / 2 + KL(h || m) / 2``, ``m = (p + h) / 2``, in nats.
 
-    METHOD sec. 5.2. It lies in ``[0, log 2]`` and is finite even where one side has zero mass.
+    docs/method.md, 'Evaluation'. It lies in ``[0, log 2]`` and is finite even where one side has zero mass.
     ``scipy.spatial.distance.jensenshannon`` returns its square root.
 
     Args:
@@ -480,7 +480,7 @@ def _check_num_bins(num_bins: int) -> None:
 
 
 def expected_calibration_error(probs: ArrayLike, label_index: ArrayLike, num_bins: int = 15) -> dict[str, Any]:
-    """Top-label expected calibration error with equal-mass bins (METHOD sec. 5.2).
+    """Top-label expected calibration error with equal-mass bins (docs/method.md, 'Evaluation').
 
     Confidence ``c_i = max_k p_ik``, correctness ``1[argmax_k p_ik = y_i]`` (among equal maxima, the lowest
     level is the prediction). Items are sorted by confidence and cut into ``B = min(num_bins, N)`` bins of
@@ -518,7 +518,7 @@ def expected_calibration_error(probs: ArrayLike, label_index: ArrayLike, num_bin
 def pairwise_expected_calibration_error(
     p_a_beats_b: ArrayLike, outcome: ArrayLike, num_bins: int = 15
 ) -> dict[str, Any]:
-    """Reliability of the preference probability ``P(a > b)`` (METHOD eq. 4) against human outcomes.
+    """Reliability of the preference probability ``P(a > b)`` (docs/method.md eq. 4) against human outcomes.
 
     Each pair's target is ``1`` if a is preferred, ``0`` if b is, ``1/2`` for a tie. Pairs are sorted by
     ``P(a > b)`` and cut into equal-mass bins as in :func:`expected_calibration_error` (same tie handling);
@@ -584,7 +584,7 @@ def _pearson_values(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def pearson(x: ArrayLike, y: ArrayLike) -> float:
-    """Pearson linear correlation (PLCC) ``r = sum dx dy / sqrt(sum dx^2 sum dy^2)`` (METHOD sec. 5.3).
+    """Pearson linear correlation (PLCC) ``r = sum dx dy / sqrt(sum dx^2 sum dy^2)`` (docs/method.md, 'Evaluation').
 
     Args:
         x: ``(N,)`` values, at least 2 distinct.
@@ -597,7 +597,7 @@ def pearson(x: ArrayLike, y: ArrayLike) -> float:
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> float:
-    """Spearman rank correlation: Pearson on average ranks, ties sharing their mean rank (METHOD sec. 5.3).
+    """Spearman rank correlation: Pearson on average ranks, ties share their mean rank (docs/method.md, 'Evaluation').
 
     Args:
         x: ``(N,)`` values, at least 2 distinct.
@@ -644,7 +644,7 @@ def _tied_pairs(run_start: np.ndarray, num_items: int) -> int:
 
 
 def kendall_tau_b(x: ArrayLike, y: ArrayLike) -> float:
-    """Kendall's tau-b, ``(n_c - n_d) / sqrt((n_0 - n_1)(n_0 - n_2))`` (METHOD sec. 5.3), equal to scipy's.
+    """Kendall's tau-b ``(n_c - n_d) / sqrt((n_0 - n_1)(n_0 - n_2))`` (docs/method.md, 'Evaluation'), equal to scipy's.
 
     ``n_0 = N(N-1)/2``; ``n_1``, ``n_2`` are the pairs tied in ``x``, in ``y``; ``n_3`` those tied in both.
     Sorting by ``(x, y)``, the discordant pairs ``n_d`` are the strict inversions of ``y`` (Knight's method),
@@ -761,9 +761,9 @@ def correlations(predicted: ArrayLike, human: ArrayLike, groups: ArrayLike | Non
 def teacher_student_agreement(
     student_probs: ArrayLike, teacher_probs: ArrayLike, levels: ArrayLike, groups: ArrayLike | None = None
 ) -> dict[str, Any]:
-    """Agreement of the student with its teacher on held-out inputs (METHOD sec. 5.4).
+    """Agreement of the student with its teacher on held-out inputs (docs/method.md, 'Evaluation').
 
-    ``mean |mu_S - mu_T|`` (expected scores, METHOD eq. 2), ``mean KL(q_T || p_S)`` (nats; ``inf`` where the
+    ``mean |mu_S - mu_T|`` (expected scores, docs/method.md eq. 2), ``mean KL(q_T || p_S)`` (nats; ``inf`` where the
     student puts zero mass on a level the teacher uses) and, with ``groups``, the student's
     :func:`pairwise_accuracy` with the teacher's expected scores as the labels.
 
@@ -807,7 +807,7 @@ def teacher_student_agreement(
 
 
 def gsb(judgements: ArrayLike) -> dict[str, float | int]:
-    """Good / Same / Bad rates and the net preference ``(G - B) / (G + S + B)`` (METHOD eq. 16).
+    """Good / Same / Bad rates and the net preference ``(G - B) / (G + S + B)`` (docs/method.md eq. 16).
 
     Args:
         judgements: ``(N,)`` side-by-side judgements of the tuned model against the baseline on the same
@@ -842,7 +842,7 @@ def bootstrap_ci(
     *,
     pass_groups: bool = False,
 ) -> dict[str, float | int]:
-    """Percentile bootstrap confidence interval of ``statistic_fn(data)`` (METHOD sec. 4.4: CI over prompts).
+    """Percentile bootstrap confidence interval of ``statistic_fn(data)`` (docs/method.md, 'Evaluation': over prompts).
 
     Each resample draws ``N`` items with replacement or, with ``groups``, as many groups as there are with
     replacement, keeping every drawn group whole (the prompt is the unit of sampling). The interval is the
@@ -968,7 +968,7 @@ def evaluate_scores(
     weights: ArrayLike | None = None,
     num_bins: int = 15,
 ) -> dict[str, dict[str, Any]]:
-    """Every metric of METHOD section 5 that the given inputs allow, per rubric dimension and overall.
+    """Every metric of docs/method.md, 'Evaluation', that the given inputs allow, per rubric dimension and overall.
 
     Per dimension ``d`` (predicted score: the expected score ``mu_d``, eq. 2):
 

@@ -3,7 +3,7 @@
 Z-Reward (arXiv 2606.09076) scores four dimensions — alignment, aesthetics, realism and physical plausibility — on a
 half-point scale from 1.0 to 5.0 (nine levels). A single answer position must carry a nine-way distribution, so
 the levels are read from nine single-token symbols, the digits "1".."9", with the mapping stated in the prompt
-(METHOD §1.1): level L means score (L + 1) / 2.
+(docs/method.md, 'Score distributions'): level L means score (L + 1) / 2.
 
 >>> rubric = Rubric()
 >>> rubric.dimension_names, rubric.num_levels, rubric.levels[0], rubric.levels[-1]
@@ -55,7 +55,7 @@ class Rubric:
         student_prefix: text between the assistant turn and `answer_prefix` when there is no reasoning (e.g. an
             empty `<think>\\n\\n</think>\\n\\n` block for thinking models).
         reasoning_prefix / reasoning_suffix: wrap a teacher's reasoning before `answer_prefix`.
-        weights: per-dimension weights of the overall reward; `None` means uniform (DESIGN §4, eq. 3).
+        weights: per-dimension weights of the overall reward; `None` means uniform (docs/method.md eq. 3).
     """
 
     dimensions: tuple[RubricDimension, ...] = DEFAULT_DIMENSIONS

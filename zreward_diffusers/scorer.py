@@ -2,8 +2,9 @@
 
 For each (prompt, image, dimension) the rubric question is rendered with the backbone's chat template, the answer
 prefix is forced, and the logits of the K score tokens at the answer position are soft-maxed (Q-Align, arXiv
-2312.17090, generalised to K levels; METHOD §1.1, eq. 1). The student reads right after the prompt; the teacher
-reads after its reasoning (`reasoning=`), which `generate_reasoning` can sample first (METHOD §2.1).
+2312.17090, generalised to K levels; docs/method.md, 'Score distributions', eq. 1). The student reads right after the
+prompt; the teacher reads after its reasoning (`reasoning=`), which `generate_reasoning` can sample first
+(docs/method.md, 'GDSO').
 
 All dimensions of a batch go through the backbone in one forward pass: sequences are laid out image-major,
 `(B * D)` rows, left-padded so the answer position is the last one.
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 # Entries of the token-side cache; a training run cycling through more prompts than this re-tokenises some.
 TEXT_CACHE_SIZE = 8192
-# Alert threshold on the mean vocabulary mass of the score tokens (METHOD §1.2, template adherence).
+# Alert threshold on the mean vocabulary mass of the score tokens: template adherence, in docs/method.md,
+# 'Score distributions'.
 MIN_SCORE_TOKEN_MASS = 0.95
 
 
@@ -159,8 +161,8 @@ class ZRewardScorer(nn.Module):
         """Token-side inputs for `text` with an image of this size, exactly as the official processor builds them.
 
         The processor is run once on a blank image of the same size; its `pixel_values` are discarded and
-        replaced by the differentiable ones (METHOD §6.2). The chat template already wrote any BOS token, so the
-        tokenizer adds none (as `apply_chat_template(tokenize=True)` does).
+        replaced by the differentiable ones (docs/design.md, 'Differentiable preprocessing'). The chat template
+        already wrote any BOS token, so the tokenizer adds none (as `apply_chat_template(tokenize=True)` does).
         """
         blank = Image.new("RGB", (width, height))
         encoded = self.processor(text=[text], images=[blank], return_tensors="pt", add_special_tokens=False)

@@ -68,7 +68,7 @@ def prompt_groups(
     require_spread: bool = True,
     seed: int = 0,
 ) -> PromptGroups:
-    """Groups of `group_size` images of the same prompt, for GDSO (METHOD section 2.1; N = 4 by default there).
+    """Groups of `group_size` images of one prompt, for GDSO (docs/method.md, 'GDSO'; N = 4 in the synthetic world).
 
     Each prompt group's records are shuffled (with `random.Random(seed)`, so the same seed gives the same groups)
     and cut into consecutive groups of `group_size`; what is left over is dropped. With `require_spread`, a

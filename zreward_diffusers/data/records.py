@@ -4,7 +4,7 @@ A `Record` is one image generated for one prompt, with what is known about it: p
 rubric's level scale (e.g. 3.5 on 1.0-5.0), per-dimension annotator histograms over the K levels, per-dimension
 rationales (the teacher's cold start) and free-form `meta` (the synthetic world stores the true attributes and
 the oracle scores there). Records of the same prompt share a `group_id`; GDSO and the pairwise terms compare
-images within a group only (METHOD sections 2.1 and 2.6).
+images within a group only (docs/method.md, 'GDSO').
 
 A `Pair` says which of two records of one group people preferred, overall (`dimension=None`) or on one
 dimension.

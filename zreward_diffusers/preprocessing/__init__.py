@@ -1,8 +1,8 @@
 """Differentiable image preprocessing, one file per backbone family.
 
 `image_transform_for(processor)` returns the torch transform that reproduces `processor`'s image path on float
-tensors (DESIGN §5). Each transform takes `(B, 3, H, W)` float images in [0, 1] and returns the model's image
-inputs (`pixel_values` and, for Qwen, `image_grid_thw`), with autograd intact.
+tensors (docs/design.md, 'Differentiable preprocessing'). Each transform takes `(B, 3, H, W)` float images in
+[0, 1] and returns the model's image inputs (`pixel_values` and, for Qwen, `image_grid_thw`), with autograd intact.
 """
 
 from .qwen_vl import QwenVLImageTransform, smart_resize

@@ -2,7 +2,7 @@
 
 A torch re-implementation of transformers' `Gemma3ImageProcessor` (torchvision backend) and
 `Gemma3ImageProcessorPil` on float tensors, so that gradients flow from `pixel_values` back to a generator's decoded
-image (METHOD §6, the SigLIP paragraph). Steps, in the official order:
+image (docs/design.md, 'Differentiable preprocessing'). Steps, in the official order:
 
 1. resize to the fixed `size` (896x896 in the released checkpoints), aspect ratio *not* preserved, with
    antialiased **bilinear** interpolation as the official uint8 path computes it (`resize.processor_pixels`);

@@ -1,8 +1,9 @@
 """Differentiable image preprocessing for the Qwen-VL families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5).
 
 A torch re-implementation of transformers' `Qwen2VLImageProcessor` (used by all four families) on float tensors, so
-that gradients flow from `pixel_values` back to a generator's decoded image (METHOD §6; HPSv3's
-`differentiable_image_processor.py` did the same with bilinear resizing). Steps, in the official order:
+that gradients flow from `pixel_values` back to a generator's decoded image (docs/design.md, 'Differentiable
+preprocessing'; HPSv3's `differentiable_image_processor.py` did the same with bilinear resizing). Steps, in the
+official order:
 
 1. `smart_resize`: both sides to multiples of `patch_size * merge_size`, area within `[min_pixels, max_pixels]`;
 2. antialiased bicubic resize as the official uint8 path computes it (`resize.processor_pixels`);

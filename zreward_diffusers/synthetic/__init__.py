@@ -1,7 +1,8 @@
-"""The synthetic oracle world (DESIGN §6): prompts, a renderer, a hidden oracle, an annotator panel, rationales.
+"""The synthetic oracle world: prompts, a renderer, a hidden oracle, an annotator panel, rationales.
 
-It lets the paper's whole loop — teacher, student, reward-tuned generator — run and be measured on a CPU, with
-ground truth for any image the world renders (and, through `estimate_scene`, for generated images).
+It lets the paper's whole loop — teacher, student, reward-tuned generator — run and be measured on a CPU, with ground
+truth for any image the world renders (and, through `estimate_scene`, for generated images). It is described in
+docs/design.md, 'The synthetic world'.
 """
 
 from .annotators import AnnotatorPanel, PanelConfig
