@@ -57,6 +57,19 @@ def brute_force_pairs(groups):
     return [(i, j) for i, j in itertools.combinations(range(len(groups)), 2) if groups[i] == groups[j]]
 
 
+def brute_force_pairwise_accuracy(predicted, human, groups) -> tuple[float, int]:
+    """Double loop over same-group pairs: human ties left out, predicted ties 1/2, else 1 if ordered as the human."""
+    credit = []
+    for i, j in brute_force_pairs(groups):
+        if human[i] == human[j]:
+            continue
+        if predicted[i] == predicted[j]:
+            credit.append(0.5)
+        else:
+            credit.append(float((predicted[i] > predicted[j]) == (human[i] > human[j])))
+    return sum(credit) / len(credit), len(credit)
+
+
 # ---------------------------------------------------------------- pairwise accuracy (METHOD eq. 17)
 
 
@@ -466,9 +479,21 @@ def test_teacher_student_agreement():
     assert result["mean_abs_expected_score_gap"] == pytest.approx(np.abs(student_mu - teacher_mu).mean())
     expected_kl = np.mean([scipy.stats.entropy(q, p) for q, p in zip(teacher, student, strict=True)])
     assert result["mean_kl_teacher_student"] == pytest.approx(expected_kl, rel=1e-10)
-    expected_accuracy = pairwise_accuracy(student_mu, teacher_mu, groups)
-    assert result["pairwise_accuracy"] == pytest.approx(expected_accuracy["accuracy"])
-    assert result["num_pairs"] == 10 * 15  # 10 groups of 6 -> 15 pairs each, continuous scores: no ties
+    expected_accuracy, expected_pairs = brute_force_pairwise_accuracy(student_mu, teacher_mu, groups)
+    assert result["pairwise_accuracy"] == pytest.approx(expected_accuracy, abs=1e-12)
+    assert result["num_pairs"] == expected_pairs == 10 * 15  # 10 groups of 6 -> 15 pairs each, no ties
+    # a student that follows its teacher orders most pairs the teacher's way (far from the 1/2 of a coin)
+    follower = 0.8 * teacher + 0.2 * random_probs(60, 9, seed=17)
+    close = teacher_student_agreement(follower, teacher, levels, groups)
+    by_hand = brute_force_pairwise_accuracy(follower @ levels, teacher_mu, groups)
+    assert (close["pairwise_accuracy"], close["num_pairs"]) == (pytest.approx(by_hand[0], abs=1e-12), by_hand[1])
+    assert by_hand[0] > 0.75
+    # the teacher is the label: its tie (items 0 and 1, mu_T = 1.3) leaves the pair out; the student's mu
+    # (1.3, 2.0, 2.7) orders the other two pairs as the teacher's (1.3, 1.3, 2.7) does
+    tied = teacher_student_agreement([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]],
+                                     [[0.8, 0.1, 0.1], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8]], [1.0, 2.0, 3.0], [0, 0, 0])
+    assert (tied["pairwise_accuracy"], tied["num_pairs"]) == (1.0, 2)
+    assert tied["mean_abs_expected_score_gap"] == pytest.approx(0.7 / 3)
     # the student equal to the teacher: perfect agreement
     same = teacher_student_agreement(teacher, teacher, levels, groups)
     assert same["mean_abs_expected_score_gap"] == 0.0
@@ -567,14 +592,63 @@ def test_gsb_with_ci():
     assert result["good"] == 0.55 and result["num_judgements"] == 20
     assert result["net_lower"] <= 0.4 <= result["net_upper"]
     assert result == gsb_with_ci(judgements, groups, num_resamples=500, seed=1)
-    interval = bootstrap_ci(net_of, judgements, groups, num_resamples=500, seed=1)
-    assert (result["net_lower"], result["net_upper"]) == (interval["lower"], interval["upper"])
+    # whole prompts are resampled: with two judgements per prompt the net is the mean of the prompts' nets
+    # (1, 1, 1, 1, 1, 0.5, 0, 0, -0.5, -1), whose percentile bootstrap scipy computes on its own draws; both
+    # intervals sit on the 0.05 lattice of means of 10 half-points, so they agree within one step
+    prompt_nets = [(judgements[2 * g] + judgements[2 * g + 1]) / 2 for g in range(10)]
+    assert prompt_nets == [1, 1, 1, 1, 1, 0.5, 0, 0, -0.5, -1]
+    reference = scipy.stats.bootstrap((np.array(prompt_nets),), np.mean, method="percentile", n_resamples=20000,
+                                      confidence_level=0.95, rng=np.random.default_rng(0)).confidence_interval
+    precise = gsb_with_ci(judgements, groups, num_resamples=20000, seed=1)
+    assert precise["net_lower"] == pytest.approx(reference.low, abs=0.05 + 1e-9)
+    assert precise["net_upper"] == pytest.approx(reference.high, abs=0.05 + 1e-9)
+    assert precise["net_lower"] < 0.4 < precise["net_upper"]
+    # degenerate judgements: every resample has the same net, so the interval is that point
+    for value in (1, 0, -1):
+        point = gsb_with_ci(np.full(20, value), groups, num_resamples=200, seed=2)
+        assert point["net"] == point["net_lower"] == point["net_upper"] == float(value)
 
 
 # ---------------------------------------------------------------- evaluate_scores
 
 
+def pair_list_accuracy_by_hand(predicted_a, predicted_b, outcome) -> dict[str, float | int]:
+    """One listed pair at a time: outcome 0 left out, a predicted tie 1/2, else 1 if the higher side won."""
+    credit = []
+    for a, b, o in zip(predicted_a, predicted_b, outcome, strict=True):
+        if o == 0:
+            continue
+        credit.append(0.5 if a == b else float((a > b) == (o > 0)))
+    return {"accuracy": sum(credit) / len(credit), "num_pairs": len(credit)}
+
+
+def correlations_by_scipy(predicted, human, groups) -> dict[str, float | int | None]:
+    """scipy's Spearman, Kendall tau-b and Pearson, globally and averaged over the groups of >= 3 items that are
+    not constant in either score."""
+    counted = {"spearman": [], "kendall": [], "pearson": []}
+    for group in np.unique(groups):
+        x, y = predicted[groups == group], human[groups == group]
+        if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+            continue
+        counted["spearman"].append(scipy.stats.spearmanr(x, y).statistic)
+        counted["kendall"].append(scipy.stats.kendalltau(x, y, variant="b").statistic)
+        counted["pearson"].append(scipy.stats.pearsonr(x, y).statistic)
+    return {
+        "spearman": scipy.stats.spearmanr(predicted, human).statistic,
+        "kendall_tau_b": scipy.stats.kendalltau(predicted, human, variant="b").statistic,
+        "pearson": scipy.stats.pearsonr(predicted, human).statistic,
+        "num_items": len(predicted),
+        "group_spearman": float(np.mean(counted["spearman"])),
+        "group_kendall_tau_b": float(np.mean(counted["kendall"])),
+        "group_pearson": float(np.mean(counted["pearson"])),
+        "num_groups": len(np.unique(groups)),
+        "num_groups_counted": len(counted["kendall"]),
+    }
+
+
 def test_evaluate_scores_matches_the_individual_metrics():
+    """Each entry against an independent reference: brute-force pair loops, scipy correlations, −mean log p[label]
+    and the Brier sum in numpy, `brute_force_ece` on the top-level confidence."""
     rng = np.random.default_rng(19)
     num_items, names = 48, ["alignment", "realism"]
     probs = random_probs(num_items, 2, 9, seed=19, sharpness=2.0)
@@ -587,28 +661,44 @@ def test_evaluate_scores_matches_the_individual_metrics():
     )
     assert set(report) == {"alignment", "realism", "overall"}
     mu = probs @ HALF_POINT_LEVELS  # (N, D)
+    rows = np.arange(num_items)
     for dimension, name in enumerate(names):
         entry = report[name]
         labels = np.round((human[:, dimension] - 1.0) / 0.5).astype(int)
+        p = probs[:, dimension]
         assert entry["mean_expected_score"] == pytest.approx(mu[:, dimension].mean())
-        expected_accuracy = pairwise_accuracy(mu[:, dimension], human[:, dimension], groups)
-        assert entry["pairwise_accuracy"] == pytest.approx(expected_accuracy)
-        assert entry["correlations"] == pytest.approx(correlations(mu[:, dimension], human[:, dimension], groups))
-        assert entry["nll"] == pytest.approx(mean_nll(probs[:, dimension], labels))
-        assert entry["brier"] == pytest.approx(mean_brier(probs[:, dimension], labels))
-        assert entry["ece"]["ece"] == pytest.approx(expected_calibration_error(probs[:, dimension], labels)["ece"])
+        accuracy, num_pairs = brute_force_pairwise_accuracy(mu[:, dimension], human[:, dimension], groups)
+        assert entry["pairwise_accuracy"] == {"accuracy": pytest.approx(accuracy, abs=1e-12), "num_pairs": num_pairs}
+        reference = correlations_by_scipy(mu[:, dimension], human[:, dimension], groups)
+        assert reference["num_groups_counted"] > 0
+        assert entry["correlations"] == pytest.approx(reference, abs=1e-12)
+        assert entry["nll"] == pytest.approx(-np.log(p[rows, labels]).mean(), rel=1e-10)
+        one_hot = np.zeros_like(p)
+        one_hot[rows, labels] = 1.0
+        assert entry["brier"] == pytest.approx(((p - one_hot) ** 2).sum(axis=1).mean(), rel=1e-10)
+        correct = (p.argmax(axis=1) == labels).astype(float)
+        assert entry["ece"]["ece"] == pytest.approx(brute_force_ece(p.max(axis=1), correct, 15), abs=1e-12)
+        # (mostly overconfident here, so the ECE alone hardly depends on the bins): 15 equal-mass bins of 48 items,
+        # each the mean confidence and accuracy of its run of the items sorted by confidence
+        counts = np.asarray(entry["ece"]["bin_count"]).tolist()
+        assert len(counts) == 15 and sorted(counts) == [3] * 12 + [4] * 3
+        chunks = np.split(np.argsort(p.max(axis=1)), np.cumsum(counts)[:-1])
+        assert entry["ece"]["bin_confidence"] == pytest.approx([p.max(axis=1)[c].mean() for c in chunks])
+        assert entry["ece"]["bin_accuracy"] == pytest.approx([correct[c].mean() for c in chunks])
         assert entry["pair_accuracy"] == pytest.approx(
-            pairwise_accuracy_from_pairs(mu[index_a, dimension], mu[index_b, dimension], outcome[:, dimension])
+            pair_list_accuracy_by_hand(mu[index_a, dimension], mu[index_b, dimension], outcome[:, dimension])
         )
         assert "pairwise_ece" in entry and "emd" not in entry
     reward = ((mu - 1.0) / 4.0).mean(axis=1)
     assert report["overall"]["mean_reward"] == pytest.approx(reward.mean())
-    assert report["overall"]["pairwise_accuracy"] == pytest.approx(
-        pairwise_accuracy(reward, human.mean(axis=1), groups)
-    )
+    accuracy, num_pairs = brute_force_pairwise_accuracy(reward, human.mean(axis=1), groups)
+    assert report["overall"]["pairwise_accuracy"] == {"accuracy": pytest.approx(accuracy, abs=1e-12),
+                                                      "num_pairs": num_pairs}
 
 
 def test_evaluate_scores_histograms_weights_and_overall_pairs():
+    """Histogram entries against scipy (Wasserstein on the levels, Jensen-Shannon distance squared, cross-entropy
+    as H(h) + KL(h ‖ p)) and numpy (Brier averaged over the votes); the weighted overall reward's pairs by hand."""
     probs = random_probs(12, 2, 9, seed=20)
     votes = np.random.default_rng(20).integers(1, 4, size=(12, 2, 9))
     outcome = np.array([1, -1, 0, 1, 1, -1])  # (P,): one overall preference per pair
@@ -621,14 +711,25 @@ def test_evaluate_scores_histograms_weights_and_overall_pairs():
         pairs=(index_a, index_b, outcome),
         weights=[3.0, 1.0],
     )
-    assert report["physics"]["emd"] == pytest.approx(mean_emd(probs[:, 1], votes[:, 1], HALF_POINT_LEVELS))
-    assert report["physics"]["js_divergence"] == pytest.approx(mean_js_divergence(probs[:, 1], votes[:, 1]))
-    assert report["physics"]["nll"] == pytest.approx(mean_nll(probs[:, 1], votes[:, 1]))
-    assert "ece" not in report["physics"] and "pairwise_accuracy" not in report["physics"]
+    for dimension, name in enumerate(["aesthetics", "physics"]):
+        p, h = probs[:, dimension], votes[:, dimension]
+        shares = h / h.sum(axis=1, keepdims=True)
+        emd = np.mean([scipy.stats.wasserstein_distance(HALF_POINT_LEVELS, HALF_POINT_LEVELS, pi, hi)
+                       for pi, hi in zip(p, h, strict=True)])
+        js = np.mean([scipy.spatial.distance.jensenshannon(pi, hi) ** 2 for pi, hi in zip(p, h, strict=True)])
+        nll = np.mean([scipy.stats.entropy(si) + scipy.stats.entropy(si, pi)
+                       for si, pi in zip(shares, p, strict=True)])
+        brier = np.mean([sum(si[label] * ((pi - np.eye(9)[label]) ** 2).sum() for label in range(9))
+                         for si, pi in zip(shares, p, strict=True)])
+        assert report[name]["emd"] == pytest.approx(emd, rel=1e-10)
+        assert report[name]["js_divergence"] == pytest.approx(js, rel=1e-9)
+        assert report[name]["nll"] == pytest.approx(nll, rel=1e-10)
+        assert report[name]["brier"] == pytest.approx(brier, rel=1e-10)
+        assert "ece" not in report[name] and "pairwise_accuracy" not in report[name]
     reward = ((probs @ HALF_POINT_LEVELS - 1.0) / 4.0) @ np.array([0.75, 0.25])
     assert report["overall"]["mean_reward"] == pytest.approx(reward.mean())
     assert report["overall"]["pair_accuracy"] == pytest.approx(
-        pairwise_accuracy_from_pairs(reward[index_a], reward[index_b], outcome)
+        pair_list_accuracy_by_hand(reward[index_a], reward[index_b], outcome)
     )
 
 

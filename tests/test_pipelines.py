@@ -158,18 +158,33 @@ def test_reward_finetune_two_processes_match_one(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ judging, rewards
 def test_best_of_n_keeps_the_highest_reward(reward):
-    from pipelines.judging import best_of_n, generate, reward_scores
+    """Each prompt's n candidates drawn from the pipeline itself (seeds seed · 1_000_003 + p · n + i, one explicit
+    generator each) and scored with `ZRewardLoss.reward` (R = Σ_d w_d (μ_d − 1) / 4 on levels 1..5, so the weighted
+    mean μ is 1 + 4R): best_of_n returns the candidate of the highest R and its μ."""
+    from pipelines.judging import best_of_n, reward_scores
 
     pipe = build_tiny_pipeline("sd15")
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(num_inference_steps=2, height=32, width=32)
     images, scores = best_of_n(pipe, reward, PROMPTS, n=3, seed=0, **kwargs)
     assert images.shape == (2, 3, 32, 32) and scores.shape == (2,)
+    levels = reward.scorer.levels.tolist()
+    assert (levels[0], levels[-1]) == (1.0, 5.0) and not reward.normalize and reward.kappa == 0.0
+    chosen_rewards = reward.reward(images, PROMPTS).tolist()
+    best = []
     for p, prompt in enumerate(PROMPTS):
-        candidates = generate(pipe, [prompt] * 3, [p * 3 + i for i in range(3)], **kwargs)
-        values = reward_scores(reward, candidates, [prompt] * 3)
-        assert scores[p] == pytest.approx(values.max(), abs=1e-6)
-        torch.testing.assert_close(images[p], candidates[int(values.argmax())])
+        candidates = torch.cat([
+            pipe([prompt], guidance_scale=1.0, generator=torch.Generator().manual_seed(p * 3 + i), output_type="pt",
+                 **kwargs).images * 2 - 1 for i in range(3)])
+        with torch.no_grad():
+            values = reward.reward(candidates, [prompt] * 3).tolist()
+        top = max(range(3), key=lambda i: values[i])
+        assert sorted(values)[-1] - sorted(values)[-2] > 1e-5  # a unique best candidate
+        best.append(top)
+        torch.testing.assert_close(images[p], candidates[top])
+        assert chosen_rewards[p] >= max(values) - 1e-6
+        assert scores[p] == pytest.approx(1.0 + 4.0 * values[top], abs=1e-5)
+    assert best != [0, 0]  # the first candidate is not the answer everywhere
     cautious = reward_scores(reward, images, PROMPTS, kappa=1.0)
     assert (cautious < reward_scores(reward, images, PROMPTS)).all()  # μ − κσ < μ
     with pytest.raises(ValueError, match="`n`"):

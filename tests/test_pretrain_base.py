@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -294,6 +295,15 @@ def test_cells_are_in_the_merged_token_order():
         assert lit.nonzero().flatten().tolist() == [row * 4 + column]
 
 
+def mean_cross_entropy_by_hand(rows: list[list[float]], labels: list[int]) -> float:
+    """Mean over rows of −log softmax(row)[label] = log Σ_k e^(z_k − max z) + max z − z_label, in plain Python."""
+    total = 0.0
+    for row, label in zip(rows, labels, strict=True):
+        top = max(row)
+        total += math.log(sum(math.exp(z - top) for z in row)) + top - row[label]
+    return total / len(rows)
+
+
 def test_token_head_and_cell_heads_keep_images_apart(run):
     config, _ = run
     processor = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
@@ -312,15 +322,26 @@ def test_token_head_and_cell_heads_keep_images_apart(run):
         alone = classifier(**pixels(images[i : i + 1]))
         for name, logits in together.items():
             torch.testing.assert_close(logits[i], alone[name][0], rtol=1e-4, atol=1e-5)
-    # the loss: the attributes' cross-entropies plus the weighted cells' ones
+    # the loss: the attributes' cross-entropies plus the weighted cells' ones, −log softmax[target] in plain Python
     scenes = [item.scene for item in items]
     targets, cells = scene_targets(scenes), cell_targets(scenes, (2, 2))
-    ce = torch.nn.functional.cross_entropy
-    expected = sum(ce(together[name], targets[:, i]) for i, name in enumerate(TARGETS))
-    cell_loss = ce(together["cell_shape"].reshape(12, -1), cells[..., 0].reshape(12))
-    cell_loss = cell_loss + ce(together["cell_count"].reshape(12, -1), cells[..., 1].reshape(12))
-    torch.testing.assert_close(classification_loss(together, targets), expected)
-    torch.testing.assert_close(classification_loss(together, targets, cells, 2.5), expected + 2.5 * cell_loss)
+    expected = sum(mean_cross_entropy_by_hand(together[name].tolist(), targets[:, i].tolist())
+                   for i, name in enumerate(TARGETS))
+    cell_loss = sum(mean_cross_entropy_by_hand(together[name].flatten(0, 1).tolist(), cells[..., j].flatten().tolist())
+                    for j, name in enumerate(("cell_shape", "cell_count")))  # 3 images x 4 cells = 12 rows
+    assert classification_loss(together, targets).item() == pytest.approx(expected, rel=1e-5)
+    assert classification_loss(together, targets, cells, 2.5).item() == pytest.approx(expected + 2.5 * cell_loss,
+                                                                                       rel=1e-5)
+    # all-zero logits: each cross-entropy is log(number of classes), whatever the targets
+    classes = {"colour": 10, "shape": 4, "count": 7, "background": 8, "sun": 2, "shadows": 3, "floating": 7, "blur": 2,
+               "noise": 2, "compression": 2, "cast": 2, "crop": 2, "overlap": 2}
+    assert {name: together[name].shape[-1] for name in TARGETS} == classes
+    zeros = {name: torch.zeros(3, size) for name, size in classes.items()}
+    zeros |= {"cell_shape": torch.zeros(3, 4, 5), "cell_count": torch.zeros(3, 4, 4)}  # 4 shapes + none; counts 0..3
+    uniform = sum(math.log(size) for size in classes.values())
+    assert classification_loss(zeros, targets).item() == pytest.approx(uniform, rel=1e-6)
+    assert classification_loss(zeros, targets, cells, 2.5).item() == pytest.approx(
+        uniform + 2.5 * (math.log(5) + math.log(4)), rel=1e-6)
     # bad input
     larger = QwenVLImageTransform.from_image_processor(processor.image_processor)
     larger.min_pixels = larger.max_pixels = 112 * 112

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 import torch
 from helpers import random_images, sharp_scorer
 from PIL import Image
@@ -29,8 +31,18 @@ def test_distributions_are_normalised_and_moments_in_range(family):
     assert ((out.score_token_mass > 0) & (out.score_token_mass <= 1)).all()
     # the sharpened head makes the distributions far from uniform (entropy of uniform over 9 = 2.197 nats)
     assert out.entropy.mean() < 2.0
-    levels = torch.tensor(out.levels)
-    torch.testing.assert_close(out.expected, (out.probs * levels).sum(-1))
+    # the moments recomputed in float64 from the score tokens' raw logits: scipy's softmax, then Σ p v, Σ p (v − μ)²
+    # and −Σ p log p over the 9 levels 1, 1.5, ..., 5
+    assert out.levels == (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
+    levels = np.linspace(1.0, 5.0, 9)
+    probs = scipy.special.softmax(out.logits.detach().double().numpy(), axis=-1)
+    mean = probs @ levels
+    np.testing.assert_allclose(out.probs.detach().numpy(), probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.expected.detach().numpy(), mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.std.detach().numpy(), np.sqrt((probs * (levels - mean[..., None]) ** 2).sum(-1)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.entropy.detach().numpy(), scipy.stats.entropy(probs, axis=-1), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_gradient_reaches_input_pixels(family):

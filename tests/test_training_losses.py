@@ -393,9 +393,10 @@ def test_gdso_two_ppo_epochs_take_an_inner_step_and_weigh_the_reference_kl(tiny_
 
 
 # ------------------------------------------------------------------------------------------------ OPD trainer
-def test_opd_trainer_exact_loss_is_the_reverse_kl_by_enumeration(tmp_path):
+def test_opd_trainer_exact_loss_is_the_reverse_kl_by_enumeration(tmp_path, monkeypatch):
     """The OPD trainer's `exact` loss on a batch of every unit (order-free) is the mean over units of
-    Σ_s p_S(s) log(p_S(s) / p_T(s)) over the vocabulary, enumerated in plain Python from the two models' reads."""
+    Σ_s p_S(s) log(p_S(s) / p_T(s)) over the vocabulary, enumerated in plain Python from the two models' reads.
+    The value checked is the one handed to `accelerator.backward` (× world size 1), not the logged copy."""
     create_tiny_checkpoint(tmp_path / "teacher", seed=0)
     create_tiny_checkpoint(tmp_path / "student", seed=1)
     config = OPDConfig(base=str(tmp_path / "student"), teacher=str(tmp_path / "teacher"),
@@ -414,7 +415,18 @@ def test_opd_trainer_exact_loss_is_the_reverse_kl_by_enumeration(tmp_path):
     reverse = [kl_by_enumeration(s, t) for s, t in zip(student, teacher, strict=True)]
     forward = [kl_by_enumeration(t, s) for s, t in zip(student, teacher, strict=True)]
     assert abs(sum(reverse) - sum(forward)) > 0.01 * sum(reverse)
+    backpropagated = []
+    backward = trainer.accelerator.backward
+
+    def recording_backward(loss, **kwargs):
+        backpropagated.append(loss.detach().item())
+        return backward(loss, **kwargs)
+
+    monkeypatch.setattr(trainer.accelerator, "backward", recording_backward)
     logs = trainer.training_step(0)
+    assert trainer.world_size == 1 and len(backpropagated) == 1
+    assert backpropagated[0] == pytest.approx(sum(reverse) / len(reverse), rel=1e-4)
+    assert backpropagated[0] != pytest.approx(sum(forward) / len(forward), rel=1e-3)
     assert logs["loss"] == pytest.approx(sum(reverse) / len(reverse), rel=1e-4)
     assert logs["reverse_kl"] == pytest.approx(sum(reverse) / len(reverse), rel=1e-4)
 

@@ -2,7 +2,9 @@
 trainers: a few steps, every trainable parameter moves, the training read equals the inference read, the GDSO terms
 equal the objectives recomputed from the scorer, resume equals an uninterrupted run, and 2 processes equal 1."""
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from helpers import (
 from training.data import load_split
 from training.gdso import GDSOConfig, GDSOTrainer
 from training.grpo import GRPOConfig
-from training.objectives import gap_loss, gdso_rewards, kl_to_target, soft_target
+from training.objectives import soft_target
 from training.scalar_baselines import BradleyTerryTrainer, RewardDanceTrainer, ScalarConfig
 from training.sequences import Row, RowEncoder, forward_rows
 from training.sft import SFTConfig, SFTTrainer
@@ -156,7 +158,15 @@ def test_gdso_trains_every_parameter_and_logs_its_terms(tiny_base, tmp_path):
     assert logs[0]["pointwise"] > 0 and logs[0]["gap"] > 0
 
 
+def huber_by_hand(x: float, delta: float) -> float:
+    """½ x² inside |x| ≤ δ, δ (|x| − ½ δ) outside."""
+    return 0.5 * x * x if abs(x) <= delta else delta * (abs(x) - 0.5 * delta)
+
+
 def test_gdso_terms_equal_the_objectives_recomputed_from_the_scorer(tiny_base, tmp_path):
+    """GDSO's pointwise KL, gap term and rewards recomputed in plain Python (loops over the 9 levels, the pairs and
+    the rollouts) from the scorer's read of the same rows; the soft targets are inputs (checked by hand in
+    test_training_objectives)."""
     config = GDSOConfig(base=tiny_base, output_dir=str(tmp_path), groups_per_step=1, num_rollouts=2,
                         max_new_tokens=6, log_with=None, **SMALL_DATA)
     trainer = GDSOTrainer(config)
@@ -171,21 +181,48 @@ def test_gdso_terms_equal_the_objectives_recomputed_from_the_scorer(tiny_base, t
     images = trainer.train_bank.images[[r.image for r in rollout["rows"]]].permute(0, 3, 1, 2).float() / 255
     read = scorer(images, [r.prompt for r in rollout["rows"]], [dimension],
                   reasoning=[[r.reasoning] for r in rollout["rows"]])
-    expected = read.expected[:, 0].view(len(records), 2)
-    labels = torch.tensor([r.label(dimension) for r in records])
-    targets = torch.stack([soft_target(r, dimension, trainer.levels) for r in records]).repeat_interleave(2, 0)
-    pointwise = kl_to_target(targets, read.probs[:, 0].log()).sum()
-    gap, count = gap_loss(expected, labels)
+    levels = trainer.levels.tolist()
+    assert levels == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
+    probs = read.probs[:, 0].double().tolist()  # row n·2 + i: image n, rollout i
+    mu = [[sum(p * v for p, v in zip(probs[2 * n + i], levels, strict=True)) for i in range(2)]
+          for n in range(len(records))]
+    labels = [float(r.label(dimension)) for r in records]
+    targets = [soft_target(r, dimension, trainer.levels).double().tolist() for r in records]
+
+    # Σ over rows of KL(q ‖ p) = Σ_k q_k (log q_k − log p_k), rows of an image sharing its target
+    pointwise = sum(q * (math.log(q) - math.log(p)) for row, p_row in enumerate(probs)
+                    for q, p in zip(targets[row // 2], p_row, strict=True) if q > 0)
     # the default pointwise KL is against the full vocabulary: KL(q || p_K) - log(mass on the K score tokens)
-    full = pointwise - read.score_token_mass[:, 0].log().sum()
-    torch.testing.assert_close(terms["pointwise"].detach(), full, atol=1e-4, rtol=1e-4)
+    full = pointwise - sum(math.log(m) for m in read.score_token_mass[:, 0].double().tolist())
+    assert terms["pointwise"].item() == pytest.approx(full, rel=1e-4, abs=1e-4)
     trainer.config.full_vocabulary = False
-    torch.testing.assert_close(trainer.unit_terms(0, rollout, None)["pointwise"].detach(), pointwise, atol=1e-4,
-                               rtol=1e-4)
-    torch.testing.assert_close(terms["gap"].detach(), gap, atol=1e-4, rtol=1e-4)
+    assert trainer.unit_terms(0, rollout, None)["pointwise"].item() == pytest.approx(pointwise, rel=1e-4, abs=1e-4)
+
+    # Huber_0.5(Δμ − Δy) + 0.5 · log(1 + exp(−sgn(Δy) Δμ / 0.25)) per pair and rollout; tied labels: Huber only
+    gap, count, ordered = 0.0, 0, 0
+    for j, k in itertools.combinations(range(len(records)), 2):
+        target = labels[j] - labels[k]
+        for i in range(2):
+            diff = mu[j][i] - mu[k][i]
+            gap += huber_by_hand(diff - target, 0.5)
+            if target != 0:
+                sign = 1.0 if target > 0 else -1.0
+                gap += 0.5 * math.log1p(math.exp(-sign * diff / 0.25))
+                ordered += 1
+            count += 1
+    assert ordered > 0  # the Bradley-Terry part is exercised
+    assert terms["gap"].item() == pytest.approx(gap, rel=1e-4, abs=1e-4)
     assert terms["gap_count"] == count == 2 * len(records) * (len(records) - 1) // 2
-    rewards = gdso_rewards(expected, labels, 4.0)
-    assert terms["logs"]["reward_mean"] == pytest.approx(float(rewards.sum()), abs=1e-4)
+
+    # R = 1 − |μ − y| / 4 + 0.5 · share of the other-label images l with (μ − μ̄_l)(y_j − y_l) > 0 (all finished)
+    means = [sum(row) / 2 for row in mu]
+    reward_sum = 0.0
+    for j in range(len(records)):
+        others = [k for k in range(len(records)) if labels[k] != labels[j]]
+        for i in range(2):
+            right = sum((mu[j][i] - means[k]) * (labels[j] - labels[k]) > 0 for k in others)
+            reward_sum += 1 - abs(mu[j][i] - labels[j]) / 4.0 + 0.5 * (right / len(others) if others else 0.0)
+    assert terms["logs"]["reward_mean"] == pytest.approx(reward_sum, abs=1e-4)
 
 
 def test_grpo_trains_every_parameter(sharp_base, tmp_path):
