@@ -134,7 +134,16 @@ def test_reward_finetune_runs_saves_and_resumes(tmp_path):
     saved = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert len(saved["history"]) == 2 and "eval_judge_score" in saved["evaluations"][-1]
     reward_finetune.main(_finetune_args(tmp_path / "half", 1))
-    resumed = reward_finetune.main(_finetune_args(tmp_path / "half", 2, "--resume"))
+    ran, step_function = [], reward_finetune.RewardFinetuner.training_step
+
+    def counted(self, step):
+        ran.append(step)
+        return step_function(self, step)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reward_finetune.RewardFinetuner, "training_step", counted)
+        resumed = reward_finetune.main(_finetune_args(tmp_path / "half", 2, "--resume"))
+    assert ran == [1] and resumed["resumed_from_step"] == 1  # only the remaining step ran
     np.testing.assert_allclose([h["reward_mean"] for h in resumed["history"]],
                                [h["reward_mean"] for h in full["history"]], rtol=1e-4, atol=1e-6)
     pipe = build_tiny_pipeline("sd15")
@@ -243,6 +252,8 @@ def test_tiny_generator_trains_saves_and_resumes(tmp_path):
     train_generator(GeneratorConfig(output_dir=str(tmp_path / "half"), **dict(small, unet_steps=1)))
     (tmp_path / "half" / "metrics.json").unlink()
     resumed = train_generator(GeneratorConfig(output_dir=str(tmp_path / "half"), **small))
+    assert metrics["resumed_from_step"] == {"vae": 0, "unet": 0}
+    assert resumed["resumed_from_step"] == {"vae": 2, "unet": 1}
     assert resumed["unet_final_loss"] == pytest.approx(metrics["unet_final_loss"], rel=1e-4)
     assert metrics["unet_loss_curve"][-1][0] == small["unet_steps"]  # the curve the demo report plots
 

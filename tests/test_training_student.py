@@ -372,3 +372,26 @@ def test_clip_student_two_processes_match_one(models, tmp_path):
         np.testing.assert_allclose([h[key] for h in runs[2]["history"]], [h[key] for h in runs[1]["history"]],
                                    rtol=1e-5, atol=1e-8, err_msg=key)  # the gap term is ~1e-5: float sums differ
     assert runs[2]["preference_accuracy"] == pytest.approx(runs[1]["preference_accuracy"])
+
+
+def test_clip_student_resume_runs_only_the_remaining_steps_and_equals_an_uninterrupted_run(models, tmp_path):
+    from training.risd_clip import RISDClipConfig, train
+
+    teacher, _ = models
+
+    def config(out: str, steps: int, resume: bool = False) -> RISDClipConfig:
+        return RISDClipConfig(teacher=teacher, output_dir=str(tmp_path / out), cache_dir=str(tmp_path / "cache"),
+                              num_samples=2, teacher_max_new_tokens=5, cache_chunk_size=4, groups_per_step=2,
+                              steps=steps, save_every=2, resume=resume, **DATA)
+
+    full = train(config("full", 4))
+    train(config("half", 2))
+    resumed = train(config("half", 4, resume=True))
+    assert resumed["resumed_from_step"] == 2 and [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
+    for key in ("loss", "distill", "gap", "human"):
+        np.testing.assert_allclose([h[key] for h in resumed["history"]], [h[key] for h in full["history"]],
+                                   rtol=1e-5, atol=1e-8, err_msg=key)
+    a = ZRewardLoss.from_pretrained(tmp_path / "full" / "model").scorer.state_dict()
+    b = ZRewardLoss.from_pretrained(tmp_path / "half" / "model").scorer.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7, msg=name)
