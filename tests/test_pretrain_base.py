@@ -105,6 +105,7 @@ def test_resume_continues_exactly(run, tmp_path):
     first = pretrain(few_step_config(tmp_path, models=student_only, steps=2))
     resumed = pretrain(few_step_config(tmp_path, models=student_only, steps=4, resume=True))
     assert len(first["student"]["losses"]) == 2 and len(resumed["student"]["losses"]) == 4  # history carried over
+    assert first["student"]["resumed_from_step"] == 0 and resumed["student"]["resumed_from_step"] == 2
     assert resumed["student"]["losses"][:2] == first["student"]["losses"]
     torch.testing.assert_close(resumed["student"]["losses"], full["student"]["losses"], rtol=0, atol=1e-5)
     curve = json.loads((tmp_path / "metrics.json").read_text())["student"]["loss_curve"]

@@ -631,6 +631,7 @@ def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accel
         replace_directory(output_dir / name, write)
     accelerator.free_memory(model, optimizer, scheduler)
     metrics = dict(held_out_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.steps,
+                   resumed_from_step=start_step,
                    parameters=num_parameters, world_groups=world_groups(config, vision is not None),
                    loss_curve=loss_curve(losses))
     if vision is not None:
