@@ -17,7 +17,7 @@ at the steps that carried gradients ("velocity-space L2"; docs/method.md, 'Gener
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,8 +32,6 @@ class Sample:
     prompt_index: list[int]  # which prompt each image belongs to
     grad_steps: list[int]  # step indices that carried gradients
     velocity_l2: torch.Tensor | None = None  # mean over grad steps of ||v_tuned - v_base||^2 (per element)
-    final_latents: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
 
 
 def _base_output(rollout, latents, index, cond) -> torch.Tensor:
