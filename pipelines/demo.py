@@ -329,9 +329,12 @@ def validate_schedule(stages: list[Stage], groups: list[list[str]]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/demo", help="where every stage, the report and the figures go")
-    parser.add_argument("--profile", default="demo", help=f"stage sizes: one of {sorted(PROFILES)}")
-    parser.add_argument("--sequential", action="store_true", help="one stage at a time (all threads each)")
+    run = parser.add_argument_group("Run")
+    run.add_argument("--profile", default="demo",
+                     help=f"stage sizes: one of {sorted(PROFILES)} (default: %(default)s)")
+    run.add_argument("--sequential", action="store_true", help="one stage at a time (all threads each)")
+    output = parser.add_argument_group("Output")
+    output.add_argument("--out", default="runs/demo", help="where every stage, the report and the figures go")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "matplotlib", "PIL"):

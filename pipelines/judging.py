@@ -128,19 +128,22 @@ def main(argv: list[str] | None = None) -> dict:
     from .reward_finetune import world_prompts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--a", required=True, help="base pipeline directory")
-    parser.add_argument("--b", required=True, help="compared pipeline directory")
-    parser.add_argument("--lora_a", default=None)
-    parser.add_argument("--lora_b", default=None)
-    parser.add_argument("--judge", default="oracle", help="oracle or a Z-Reward checkpoint")
-    parser.add_argument("--num_prompts", type=int, default=64)
-    parser.add_argument("--seeds_per_prompt", type=int, default=2)
-    parser.add_argument("--skip_prompts", type=int, default=0,
-                        help="leave out the first held-out prompts (e.g. the eval_prompts that early stopping saw)")
-    parser.add_argument("--num_inference_steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--out", default=None, help="write the result JSON here")
-    parser.add_argument("--grid", default=None, help="write a before/after PNG of the first prompts here")
+    compared = parser.add_argument_group("Compared generators")
+    compared.add_argument("--a", required=True, help="base pipeline directory")
+    compared.add_argument("--b", required=True, help="compared pipeline directory")
+    compared.add_argument("--lora_a", default=None, help="LoRA directory loaded into a (default: none)")
+    compared.add_argument("--lora_b", default=None, help="LoRA directory loaded into b (default: none)")
+    judging = parser.add_argument_group("Judging")
+    judging.add_argument("--judge", default="oracle", help="oracle or a Z-Reward checkpoint")
+    judging.add_argument("--num_prompts", type=int, default=64, help="held-out prompts (default: %(default)s)")
+    judging.add_argument("--seeds_per_prompt", type=int, default=2, help="images per prompt (default: %(default)s)")
+    judging.add_argument("--skip_prompts", type=int, default=0,
+                         help="leave out the first held-out prompts (e.g. the eval_prompts that early stopping saw)")
+    judging.add_argument("--num_inference_steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    judging.add_argument("--size", type=int, default=32, help="image side in pixels (default: %(default)s)")
+    output = parser.add_argument_group("Output")
+    output.add_argument("--out", default=None, help="write the result JSON here")
+    output.add_argument("--grid", default=None, help="write a before/after PNG of the first prompts here")
     args = parser.parse_args(argv)
     pipes = []
     for path, lora in ((args.a, args.lora_a), (args.b, args.lora_b)):

@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -42,6 +43,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RewardFinetuneConfig:
+    """Reward fine-tuning of a diffusers generator's LoRA with a differentiable reward (DRaFT-K, DRaFT-LV, AlignProp,
+    ReFL).
+
+    `python -m pipelines.reward_finetune --config pipelines/configs/draft_tiny.yaml`
+    """
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Generator": ("pretrained", "num_inference_steps", "guidance_scale", "height", "width", "max_sequence_length",
+                      "mixed_precision", "gradient_checkpointing"),
+        "Reward": ("reward", "reward_device", "kappa", "reward_dimensions", "normalize_reward"),
+        "Method": ("method", "k", "lv_samples", "refl_last_steps", "refl_margin", "velocity_l2_weight"),
+        "Prompts": ("prompts", "num_prompts", "eval_prompts", "batch_size", "eval_batch_size"),
+        "LoRA and optimisation": ("lora_rank", "lora_alpha", "lora_targets", "lr", "max_grad_norm", "steps", "seed"),
+        "Evaluation and early stopping": ("eval_every", "judge", "early_stopping_patience"),
+        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "log_with"),
+    }
+
     pretrained: str = field(default="runs/generator/pipeline", metadata={
         "help": "the generator: a diffusers pipeline directory or hub id, or tiny:<sd15|sdxl|sd3|flux> (random)"})
     reward: str = field(default="runs/student_risd/model", metadata={

@@ -22,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +40,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GeneratorConfig:
+    """The synthetic world's base generator: a tiny Stable Diffusion pipeline trained here from scratch.
+
+    `python -m pipelines.train_tiny_generator --output_dir runs/generator`
+    """
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Data": ("world_seed", "num_groups", "image_size", "batch_size", "prompt_dropout"),
+        "Model": ("vae_channels", "unet_channels", "text_hidden"),
+        "Optimisation": ("vae_steps", "vae_lr", "vae_kl_weight", "unet_steps", "unet_lr", "seed"),
+        "Checkpoints": ("output_dir", "save_every"),
+    }
+
     output_dir: str = field(default="runs/generator", metadata={"help": "stages, checkpoints and the pipeline"})
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
     num_groups: int = field(default=2048, metadata={"help": "world prompt groups to train on (4 images each)"})

@@ -48,11 +48,7 @@ def main() -> None:
     RowEncoder.__call__ = recording_encode
     for trainer_class in TRAINERS:
         wrap(trainer_class)
-    entry = importlib.import_module(module)
-    if module in ("training.bradley_terry", "training.rewarddance"):
-        entry.main(module.split(".")[1], argv)
-    else:
-        entry.main(argv)
+    importlib.import_module(module).main(argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rows.{os.environ.get('RANK', '0')}.json").write_text(json.dumps(recorded))
 

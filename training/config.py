@@ -6,7 +6,8 @@ Every `training/<name>.py` entry point declares one dataclass and calls `parse_a
 
 `--key value` (or `--key=value`) overrides the YAML value; a dotted key reaches into a nested dataclass field or
 into a dict field, whose other entries are kept; a flag given without a value means `true`. Unknown keys, in the
-file or on the command line, raise a `ValueError` that names them.
+file or on the command line, raise a `ValueError` that names them. `--help` prints the config class's docstring and
+its fields under the headings of its `help_groups` (`field_groups`).
 
 >>> from dataclasses import dataclass, field
 >>> @dataclass
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import typing
 
 import yaml
@@ -94,23 +96,47 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def field_groups(cls) -> dict[str, list[str]]:
+    """The config's fields by concern, for `--help`: each class in the MRO may declare `help_groups`, a mapping of
+    heading to field names (a subclass adds fields to a parent's heading or new headings); fields no class lists go
+    under "Other". Naming a field the class does not have is an error."""
+    groups: dict[str, list[str]] = {}
+    for klass in reversed(cls.__mro__):
+        for heading, names in vars(klass).get("help_groups", {}).items():
+            groups.setdefault(heading, []).extend(names)
+    names = [f.name for f in dataclasses.fields(cls)]
+    listed = [name for members in groups.values() for name in members]
+    unknown = sorted(set(listed) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__}.help_groups names fields it does not have: {unknown}")
+    rest = [name for name in names if name not in listed]
+    if rest:
+        groups["Other"] = rest
+    return groups
+
+
 def _fields_help(cls, prefix: str = "") -> list[str]:
     lines = []
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            lines += _fields_help(hints[f.name], prefix + f.name + ".")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  --{prefix}{f.name}: {f.metadata.get('help', '')} (default: {default!r})")
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for heading, names in field_groups(cls).items():
+        if not prefix:
+            lines.append(f"\n{heading}:")
+        for name in names:
+            f = by_name[name]
+            if dataclasses.is_dataclass(hints[f.name]):
+                lines += _fields_help(hints[f.name], prefix + f.name + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  --{prefix}{f.name}: {f.metadata.get('help', '')} (default: {default!r})")
     return lines
 
 
 def parse_args(cls, argv: list[str] | None = None):
     """Parse `--config FILE.yaml` and `--key value` overrides into dataclass `cls` (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        description=cls.__doc__,
-        epilog="config fields (in the YAML file or as --key value):\n" + "\n".join(_fields_help(cls)),
+        description=inspect.cleandoc(cls.__doc__ or ""),
+        epilog="config fields, in the YAML file or as --key value:\n" + "\n".join(_fields_help(cls)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file of config fields; command-line overrides apply on top")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -60,6 +61,20 @@ OBJECTIVES = ("gdso", "grpo")
 
 @dataclass
 class GDSOConfig(RewardTrainingConfig):
+    """The GDSO teacher (and, with `objective: grpo`, the GRPO baseline): rollouts of reasoning chains scored by the
+    distribution read after them, a clipped policy gradient plus direct pointwise and pairwise terms.
+
+    `python -m training.gdso --config training/configs/teacher_gdso_tiny.yaml`
+    """
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Rollouts": ("objective", "groups_per_step", "num_rollouts", "max_new_tokens", "temperature", "top_p"),
+        "Reward and advantage": ("alpha", "format_penalty", "format_reward", "std_floor", "min_reward_std"),
+        "Policy gradient": ("eps_low", "eps_high", "ppo_epochs", "kl_beta"),
+        "Direct terms": ("pointwise_weight", "full_vocabulary", "target_epsilon", "target_sigma", "gap_weight",
+                         "huber_delta", "bt_weight", "bt_temperature"),
+    }
+
     base: str = field(default="runs/teacher_sft/model", metadata={"help": "starting model (the cold-start SFT)"})
     output_dir: str = field(default="runs/teacher_gdso", metadata={"help": "checkpoints, final model, metrics"})
     objective: str = field(default="gdso", metadata={"help": "gdso, or grpo (the sampled-score-token baseline)"})

@@ -14,6 +14,11 @@ from .gdso import main as gdso_main
 
 @dataclass
 class GRPOConfig(GDSOConfig):
+    """The GRPO baseline: GDSO's loop with the sampled score token's reward and no direct terms.
+
+    `python -m training.grpo --config training/configs/teacher_grpo_tiny.yaml`
+    """
+
     objective: str = field(default="grpo", metadata={"help": "grpo (this baseline) or gdso"})
     output_dir: str = field(default="runs/teacher_grpo", metadata={"help": "checkpoints, final model, metrics"})
 

@@ -54,13 +54,15 @@ def generate_groups(num_groups: int, seed: int, config: WorldConfig, workers: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write a labelled dataset of the synthetic world.")
-    parser.add_argument("--out", required=True, help="output directory (replaced if it exists)")
-    parser.add_argument("--n", type=int, required=True, help="number of images (whole prompt groups)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=56)
-    parser.add_argument("--group-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=2, help="generation processes")
-    parser.add_argument("--contact-sheet", default=None, help="also draw the first 16 images into this PNG")
+    world = parser.add_argument_group("World")
+    world.add_argument("--n", type=int, required=True, help="number of images (whole prompt groups)")
+    world.add_argument("--seed", type=int, default=0, help="seed of the world (default: %(default)s)")
+    world.add_argument("--image-size", type=int, default=56, help="image side in pixels (default: %(default)s)")
+    world.add_argument("--group-size", type=int, default=4, help="images per prompt group (default: %(default)s)")
+    output = parser.add_argument_group("Output")
+    output.add_argument("--out", required=True, help="output directory (replaced if it exists)")
+    output.add_argument("--workers", type=int, default=2, help="generation processes (default: %(default)s)")
+    output.add_argument("--contact-sheet", default=None, help="also draw the first 16 images into this PNG")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.n < 1:

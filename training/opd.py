@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -36,6 +37,17 @@ ESTIMATORS = ("sampled", "exact")
 
 @dataclass
 class OPDConfig(RewardTrainingConfig):
+    """The on-policy distillation baseline: the student's reverse KL to the teacher read without reasoning.
+
+    `python -m training.opd --config training/configs/student_opd_tiny.yaml`
+    """
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model": ("teacher",),
+        "Optimisation": ("batch_size",),
+        "Objective": ("estimator", "num_samples"),
+    }
+
     base: str = field(default="runs/base/student", metadata={"help": "the student's starting backbone"})
     teacher: str = field(default="runs/teacher/gdso/model", metadata={"help": "the teacher: a Z-Reward checkpoint"})
     output_dir: str = field(default="runs/student_opd", metadata={"help": "checkpoints, final model, metrics"})

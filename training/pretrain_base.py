@@ -42,6 +42,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -71,6 +72,20 @@ METRICS_FILE = "metrics.json"
 @dataclass
 class PretrainBaseConfig:
     """Pretraining of the synthetic world's base models (tiny Qwen2-VL) on descriptions of its images."""
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Models": ("models", "vocab_size", "patch_size", "min_pixels", "max_pixels"),
+        "Data": ("world_seed", "num_train_images", "num_eval_images", "image_size", "questions_per_image",
+                 "task_weights", "render_workers"),
+        "Optimisation": ("steps", "batch_size", "micro_batch_size", "lr", "optimizer", "muon_lr", "weight_decay",
+                         "lr_scheduler", "warmup_steps", "max_grad_norm", "seed"),
+        "Stage 0: the vision tower alone": ("vision_steps", "vision_head", "vision_cell_weight", "vision_lr",
+                                            "vision_optimizer", "vision_muon_lr", "vision_batch_size",
+                                            "vision_num_images", "vision_pool_from_train", "vision_shared"),
+        "Evaluation": ("eval_every", "eval_batch_size"),
+        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "log_every",
+                                    "log_with"),
+    }
 
     output_dir: str = field(default="runs/base", metadata={"help": "where `<name>/` checkpoints and metrics go"})
     models: dict = field(

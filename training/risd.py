@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -41,6 +42,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RISDConfig(RewardTrainingConfig):
+    """The RISD student: distilled from the teacher's reasoning-averaged distributions, read without reasoning.
+
+    `python -m training.risd --config training/configs/student_risd_tiny.yaml`
+    """
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model": ("teacher",),
+        "Teacher cache": ("cache_dir", "num_samples", "target_samples", "teacher_temperature",
+                          "teacher_max_new_tokens", "cache_seed", "cache_chunk_size"),
+        "Optimisation": ("groups_per_step",),
+        "Objective": ("gap_weight", "human_weight", "huber_delta", "temperature", "full_vocabulary"),
+    }
+
     base: str = field(default="runs/base/student", metadata={"help": "the student's starting backbone"})
     teacher: str = field(default="runs/teacher/gdso/model", metadata={"help": "the teacher: a Z-Reward checkpoint"})
     output_dir: str = field(default="runs/student_risd", metadata={"help": "checkpoints, final model, metrics"})

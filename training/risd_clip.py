@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -42,6 +43,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RISDClipConfig:
+    """RISD into a CLIP-sized student (open_clip towers with a K-level head per dimension).
+
+    `python -m training.risd_clip --config training/configs/student_risd_clip_tiny.yaml`
+    """
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model": ("init", "teacher", "trust_remote_code"),
+        "Data": ("train_data", "eval_data"),
+        "Teacher cache": ("cache_dir", "num_samples", "target_samples", "teacher_temperature",
+                          "teacher_max_new_tokens", "cache_chunk_size", "cache_seed"),
+        "Objective": ("gap_weight", "human_weight", "huber_delta"),
+        "Optimisation": ("steps", "groups_per_step", "lr", "seed"),
+        "Checkpoints": ("output_dir", "save_every", "checkpoints_total_limit", "resume"),
+    }
+
     init: str = field(default="tiny", metadata={"help": "tiny, or <open_clip arch>@<local weights file>"})
     teacher: str = field(default="runs/teacher/gdso/model", metadata={"help": "the teacher: a Z-Reward checkpoint"})
     output_dir: str = field(default="runs/student_risd_clip", metadata={"help": "checkpoints, model, metrics"})

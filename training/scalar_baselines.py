@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,13 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 
 @dataclass
 class ScalarConfig(RewardTrainingConfig):
+    """The scalar baselines (`python -m training.bradley_terry` / `training.rewarddance`): one score per image and
+    dimension, trained on the same backbone, data and loop as the teacher."""
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Optimisation": ("batch_size", "micro_batch_size"),
+    }
+
     batch_size: int = field(default=32, metadata={"help": "pairs (BT) or rows (RewardDance) per step, all processes"})
     micro_batch_size: int = field(default=32, metadata={"help": "rows per forward pass"})
 

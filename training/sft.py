@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -30,6 +31,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SFTConfig(RewardTrainingConfig):
+    """Teacher cold start (and the SFT baseline): cross-entropy on rationales, KL(q || p) on the score slot.
+
+    `python -m training.sft --config training/configs/teacher_sft_tiny.yaml`
+    """
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Optimisation": ("batch_size", "micro_batch_size"),
+        "Objective": ("reasoning", "ce_weight", "kl_weight", "full_vocabulary", "target_epsilon", "target_sigma"),
+    }
+
     output_dir: str = field(default="runs/teacher_sft", metadata={"help": "checkpoints, final model, metrics"})
     reasoning: bool = field(default=True, metadata={"help": "train on rationales (teacher); false: score slot only"})
     batch_size: int = field(default=32, metadata={"help": "rows per step over all processes"})

@@ -32,12 +32,17 @@ def run_stage(trainer_class, config_class, config_path, overrides: dict) -> dict
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sft_config", default=str(CONFIGS / "teacher_sft_tiny.yaml"))
-    parser.add_argument("--gdso_config", default=str(CONFIGS / "teacher_gdso_tiny.yaml"))
-    parser.add_argument("--base", default=None, help="backbone to start from (default: the SFT config's)")
-    parser.add_argument("--output_dir", default="runs/teacher")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stages = parser.add_argument_group("Stages")
+    stages.add_argument("--sft_config", default=str(CONFIGS / "teacher_sft_tiny.yaml"),
+                        help="config of the cold-start SFT stage (default: %(default)s)")
+    stages.add_argument("--gdso_config", default=str(CONFIGS / "teacher_gdso_tiny.yaml"),
+                        help="config of the GDSO stage; its base is SFT's exported model (default: %(default)s)")
+    run = parser.add_argument_group("Run")
+    run.add_argument("--base", default=None, help="backbone to start from (default: the SFT config's)")
+    run.add_argument("--output_dir", default="runs/teacher",
+                     help="<output_dir>/sft and <output_dir>/gdso (default: %(default)s)")
+    run.add_argument("--seed", type=int, default=0, help="seed of both stages (default: %(default)s)")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     sft_overrides = {"output_dir": str(out / "sft"), "seed": args.seed}

@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -45,7 +46,16 @@ METRICS_FILE = "metrics.json"
 
 @dataclass
 class RewardTrainingConfig:
-    """Fields every reward-model trainer has; trainers add their own."""
+    """Fields every reward-model trainer has (`python -m training.<name>`); each trainer adds its own."""
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Model": ("base", "trust_remote_code", "dimensions", "lora", "gradient_checkpointing", "mixed_precision"),
+        "Data": ("train_data", "eval_data"),
+        "Optimisation": ("steps", "lr", "weight_decay", "lr_scheduler", "warmup_steps", "max_grad_norm", "seed"),
+        "Evaluation": ("eval_every", "eval_num_samples", "eval_max_new_tokens", "eval_batch_size"),
+        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "log_every",
+                                    "log_with"),
+    }
 
     base: str = field(default="runs/base/teacher", metadata={
         "help": "backbone to start from: a Hugging Face checkpoint directory or hub id, or a Z-Reward checkpoint"})
