@@ -1,7 +1,7 @@
 """Parity of the differentiable Gemma 3 transform with transformers' official image processors, and its gradients.
 
 Official path: uint8 image → bilinear antialiased resize to a fixed size (uint8) → rescale 1/255 → normalise. The
-torchvision backend (`Gemma3ImageProcessor`) is reproduced to within one grey level; the PIL backend
+torchvision backend (`Gemma3ImageProcessor`) is reproduced up to float rounding on the CPU; the PIL backend
 (`Gemma3ImageProcessorPil`) rounds differently inside its resize, so it gets a measured tolerance.
 """
 
@@ -84,10 +84,11 @@ def test_no_resize_matches_official(transform, backend, make_image):
 
 @pytest.mark.parametrize("shape", RESIZE_SHAPES)
 @pytest.mark.parametrize("make_image", [noise_image, smooth_image])
-def test_resize_matches_torchvision_backend_within_one_grey_level(transform, shape, make_image):
+def test_resize_matches_torchvision_backend_up_to_float_rounding_on_the_cpu(transform, shape, make_image):
+    # the README's claim: on the CPU both run torch's uint8 antialiased kernel (measured: 1.5e-5 of a grey level)
     image = make_image(*shape)
     difference = (transform(image)["pixel_values"] - official(image, "torchvision")).abs()
-    assert difference.max() <= GREY_LEVEL + 1e-5
+    assert difference.max() <= 1e-3 * GREY_LEVEL
 
 
 @pytest.mark.parametrize("shape", RESIZE_SHAPES)
