@@ -661,6 +661,25 @@ def test_conversation_stage_two_processes_match_one(tmp_path):
         torch.testing.assert_close(weights[1][name], value, rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_two_process_resume_equals_the_uninterrupted_two_process_run(tmp_path):
+    """Both stages under 2 processes, stopped after stage-0 step 2 (no conversation state yet) and resumed under 2
+    processes: the same stage-0 and conversation losses and weights as one uninterrupted 2-process run."""
+    changes = dict(models={"student": TINY_MODELS["student"]}, vision_steps=4, vision_num_images=16,
+                   vision_batch_size=8, steps=2, save_every=2)
+    full = _launch(few_step_config(tmp_path / "full", **changes), 2)["student"]
+    _launch(few_step_config(tmp_path / "half", **dict(changes, vision_steps=2, steps=1)), 2)
+    shutil.rmtree(tmp_path / "half" / "checkpoints" / "student")  # as if stopped before the conversation stage
+    resumed = _launch(few_step_config(tmp_path / "half", **changes, resume=True), 2)["student"]
+    assert resumed["resumed_from_step"] == 0 and resumed["vision_stage"]["steps"] == 4
+    curve = [loss for _, loss in resumed["vision_stage"]["loss_curve"]]
+    np.testing.assert_allclose(curve, [loss for _, loss in full["vision_stage"]["loss_curve"]], rtol=1e-5)
+    np.testing.assert_allclose([v for _, v in resumed["loss_curve"]], [v for _, v in full["loss_curve"]], rtol=1e-5)
+    weights = [AutoModelForImageTextToText.from_pretrained(tmp_path / run / "student").state_dict()
+               for run in ("full", "half")]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_base_frontier_plots_the_recorded_runs_and_names_a_bad_line(tmp_path):
     from benchmarks.base_frontier import TABLE, plot, read_rows
 

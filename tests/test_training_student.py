@@ -395,3 +395,26 @@ def test_clip_student_resume_runs_only_the_remaining_steps_and_equals_an_uninter
     b = ZRewardLoss.from_pretrained(tmp_path / "half" / "model").scorer.state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_clip_student_two_process_resume_equals_the_uninterrupted_two_process_run(models, tmp_path):
+    from training.risd_clip import RISDClipConfig
+
+    teacher, _ = models
+
+    def launch(out: str, steps: int, resume: bool = False) -> dict:
+        config = RISDClipConfig(teacher=teacher, output_dir=str(tmp_path / out), cache_dir=str(tmp_path / "cache"),
+                                num_samples=2, teacher_max_new_tokens=5, cache_chunk_size=4, groups_per_step=2,
+                                steps=steps, save_every=2, resume=resume, **DATA)
+        path = tmp_path / f"{out}-{steps}.yaml"
+        path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+        launch_cpu(["-m", "training.risd_clip", "--config", str(path)], 2)
+        return json.loads((tmp_path / out / "metrics.json").read_text())
+
+    full = launch("full", 4)
+    launch("half", 2)
+    resumed = launch("half", 4, resume=True)
+    assert resumed["resumed_from_step"] == 2
+    for key in ("loss", "distill", "gap", "human"):
+        np.testing.assert_allclose([h[key] for h in resumed["history"]], [h[key] for h in full["history"]],
+                                   rtol=1e-5, atol=1e-8, err_msg=key)
