@@ -18,7 +18,7 @@ everything the oracle reads. `parse_prompt` inverts `PromptSpec.text()` (style w
 >>> judge(image, "a photo of two green stars on a blue background")["alignment"]  # count, colour, shape off
 1.0
 
-How it works (every step vectorised numpy / scipy.ndimage; any size >= 32 px, ~1-2 ms per image on one CPU core):
+How it works (every step vectorised numpy / scipy.ndimage; any size >= 32 px):
 
 1. Raw statistics at the native size: the noise sigma (a robust Immerkaer estimate: median |3x3 Laplacian
    difference| over unclipped pixels) and JPEG evidence (luma jumps of >= 2 levels across the 8-px block grid where
@@ -54,57 +54,9 @@ How it works (every step vectorised numpy / scipy.ndimage; any size >= 32 px, ~1
     amount is 1 - 1 / zoom when the sun is seen, else 0.27 (the mean of the world's crops); the oracle only reads
     crop > 0.
 
-Calibration. The constants below marked "calibrated" were fitted by `calibrate()` on
-`SyntheticWorld(seed=7).generate(4000)` (seed 7 is disjoint from the benchmark's seed 123): the shape classifier
-(multinomial logistic regression on `_shape_features`, L2 1e-3), the noise gain (median of estimate / true sigma on
-noisy, uncompressed items), the JPEG strength as a + b log(median jump) (least squares on detected items), the blur
-map blur^2 = sigma_template^2 - pixel^2 - k_noise (noise / 40)^2 - k_jpeg strength, blended with the ground-line
-step width when the image is clean, zero below a threshold (grid search for the least blur MAE), and the shadow
-threshold (least shadow-state error). Run `calibrate()` to refit; it prints nothing and returns the constants.
-
-Measured accuracy (`python -m benchmarks.oracle_judge`, 2000 items of `SyntheticWorld(seed=123)`, 56 px; see the
-benchmark for 128 px and for images degraded as a generator might):
-
-    ===========================================  ==================  ==================  ====================
-    attribute: accuracy                          56 px               128 px              degraded 56 px
-    ===========================================  ==================  ==================  ====================
-    count (exact)                                0.938               0.956               0.924
-    object colour                                0.984               0.995               0.982
-    shape                                        0.885               0.927               0.840
-    background                                   0.999               0.999               0.999
-    sun side                                     0.981               0.981               0.982
-    shadows (consistent / wrong / none)          0.938               0.961               0.929
-    floating objects (exact number)              0.973               0.988               0.959
-    overlap                                      0.928               0.937               0.919
-    colour cast / crop / cut objects (present)   0.992 / .984 / .982 0.993 / .988 / .986 0.993 / .986 / .983
-    MAE: blur sigma / noise sigma / compression  0.15 / 1.46 / 0.03  0.13 / 1.46 / 0.03  0.40 / 1.04 / 0.13 *
-    ===========================================  ==================  ==================  ====================
-
-    ======================  ======================  ======================  ======================
-    judge vs true oracle    56 px                   128 px                  degraded 56 px
-    MAE / Spearman / pairs
-    ======================  ======================  ======================  ======================
-    alignment               0.197 / 0.893 / 0.929   0.116 / 0.938 / 0.955   0.262 / 0.858 / 0.913
-    aesthetics              0.109 / 0.890 / 0.927   0.097 / 0.894 / 0.930   0.158 / 0.828 / 0.841
-    realism                 0.190 / 0.924 / 0.934   0.203 / 0.923 / 0.927   0.299 * (1.053 / 0.635 / 0.804)
-    physical plausibility   0.103 / 0.887 / 0.937   0.060 / 0.936 / 0.961   0.133 / 0.859 / 0.930
-    mean of the four        0.099 / 0.947 / 0.968   0.087 / 0.955 / 0.974   0.315 / 0.882 / 0.932
-    ======================  ======================  ======================  ======================
-
-"pairs": agreement on the order of two items of one prompt group whose true scores differ by >= 0.25. "degraded":
-the 56 px images blurred again (sigma 1 px) with noise (sigma 8), as a generator might draw them; * against the
-truth of the degraded image (blur sqrt(blur^2 + 1), noise sqrt((noise / 3.5)^2 + 8^2)); against the original
-scene the realism MAE is 1.05, since the image really is blurrier and noisier. On flawless renders
-(`perfect_scene`) count, colour, shape and background are all right for 599 of 600 images. Time per image: 1.7 ms
-at 56 px, 2.4 ms at 128 px (median, one core of a shared 2-vCPU AMD EPYC VM with a 51% CPU stall share).
-
-Where it fails (56 px, same 2000 items): the shape of small objects under blur or JPEG (shape accuracy 0.97 on
-items with no degradation, 0.74 when blurred, 0.65 when compressed, 0.48 at JPEG quality <= 11: blurred small
-objects become blobs); noise under strong JPEG (JPEG removes it, so it reads 0; noise MAE 7 on compressed items);
-blur under JPEG mostly reads 0; count and shadows on cropped frames (0.85 and 0.77); overlap cannot tell the world's
-pulled pair from a crowd of five naturally touching objects; black objects on dark grounds blur into their shadows;
-crop detection relies on the sun, so a cropped frame that keeps the sun unzoomed is missed and a sun lost to JPEG
-can read as a crop; non-square images are squashed to 56x56.
+The constants marked "calibrated" below were fitted on `SyntheticWorld(seed=7).generate(4000)`, disjoint from the
+benchmark's seed 123. Accuracy and timing are measured by `python -m benchmarks.oracle_judge` and recorded in
+benchmarks/README.md and docs/experiments/foundation.md.
 """
 
 from __future__ import annotations
@@ -113,6 +65,7 @@ import functools
 import re
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -123,7 +76,7 @@ from .oracle import DIMENSIONS, oracle_scores
 from .render import GROUND_SHADE, SHADOW_SHADE, SUN_COLOUR, shape_mask
 from .scene import GROUND_LINE, Scene, SceneObject
 
-__all__ = ["calibrate", "estimate_scene", "judge", "judge_batch", "parse_prompt"]
+__all__ = ["estimate_scene", "judge", "judge_batch", "parse_prompt"]
 
 WORK_SIZE = 56  # every image is analysed at this size (the scene's blur is measured in pixels at 56 px)
 MIN_SIZE = 32
@@ -137,7 +90,7 @@ _CAST_MIN = 12.0  # cast channels below this many 8-bit levels are read as no ca
 _DEFAULT_CROP = 0.27  # crop amount reported when the zoom cannot be measured (the world's crops: 0.2-0.35)
 _JPEG_SHARE, _JPEG_SUPPORT, _JPEG_HITS = 0.03, 20, 8.0  # JPEG detection: grid share, smooth positions, hits
 
-# --- calibrated by `calibrate()` (see the module docstring)
+# --- calibrated on `SyntheticWorld(seed=7).generate(4000)` (see the module docstring)
 _NOISE_GAIN, _NOISE_MIN = 0.943, 6.0  # estimate / true noise sigma; below the minimum reads as no noise
 _JPEG_A, _JPEG_B = 0.073, 0.294  # compression strength = a + b log(median grid jump), clipped to 0.4-1.0
 _PIXEL_VAR = 0.25  # sigma^2 (px^2) the template fit reads on an unblurred image (anti-aliasing)
@@ -328,8 +281,8 @@ def _object_colour(pixel: np.ndarray, sky: np.ndarray, cast: np.ndarray, backgro
 @functools.lru_cache(maxsize=1)
 def _templates() -> tuple[np.ndarray, np.ndarray]:
     """Each shape's mask (radius 1, centred on its centroid) blurred by every sigma in `_BETAS`, sampled on the
-    `_GRID` x `_GRID` points: an array (shapes, betas, points), and the shapes' areas. Built once (~15 ms) from
-    the renderer's own `shape_mask`, as a cloud of points each spread by a gaussian."""
+    `_GRID` x `_GRID` points: an array (shapes, betas, points), and the shapes' areas. Built once from the
+    renderer's own `shape_mask`, as a cloud of points each spread by a gaussian."""
     step = 0.08
     c = np.arange(-1.2, 1.2 + 1e-9, step)
     qy, qx = np.meshgrid(c, c, indexing="ij")
@@ -389,31 +342,106 @@ def _split(profile: np.ndarray, radius: float) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------------- analysis
-def _analyse(image: np.ndarray) -> dict:
-    """Everything the estimator measures, as a dict (pixel units at the 56 px working size)."""
-    raw = image.astype(np.float64)
-    size = WORK_SIZE
-    out: dict = {"noise_raw": _noise_sigma(raw)}
-    out["jpeg_share"], out["jpeg_support"], out["jpeg_jump"] = _jpeg_steps(raw)
-    w = _to_work(image)
-    noise_w = out["noise_raw"] if w.shape == raw.shape else _noise_sigma(w)
-    d = _median_filter(w)
-    if noise_w > 12:
-        d = _median_filter(d)
-    sigma = max(0.5 * noise_w, 1.0)  # per-channel noise left after the median filter
+@dataclass(frozen=True)
+class Measurements:
+    """Everything `_analyse` measures in one image, before `_scene` decides what the scene is.
 
-    # --- sky, bottom strip, background and cast
+    Lengths are pixels at the 56 px working size; colours, casts and noise are 8-bit levels. The fields from
+    `colour` on keep their defaults when no object stands out from the sky (`colour`) or no object is found (the
+    rest).
+    """
+
+    noise_raw: float  # noise sigma at the native size (`_noise_sigma`, before the `_NOISE_GAIN` correction)
+    jpeg_share: float  # share of >= 2-level jumps on the 8-px block grid minus the share 4 px off it
+    jpeg_support: int  # smooth positions on the block grid
+    jpeg_jump: float  # median jump on the block grid (levels); 0 when there is none
+    background: str  # the palette background
+    cast: tuple[float, float, float]  # additive RGB colour cast, not yet thresholded by `_CAST_MIN`
+    light: str | None  # side of the sun, "left" or "right"; None when no sun is seen
+    sun_zoom: float | None  # the sun's distance from its side edge over 0.1 of the width; None when not seen
+    at_default_line: bool  # the ground line was found, within 1 row of `GROUND_LINE`
+    colour: str | None = None  # the object colour
+    line_sigma: float = np.nan  # width (gaussian sigma, px) of the sky -> ground step; nan when not measured
+    shape: str | None = None  # the object shape
+    template_sigma: float | None = None  # blur sigma (px) of the best template fit, before the degradation map
+    radius: float | None = None  # object radius (px)
+    instances: tuple[tuple[float, float, bool], ...] = ()  # per object: x centre (px), bottom (px), floating
+    overlap: bool = False  # exactly one pair of neighbours closer than `_OVERLAP_SPACING` radii
+    cut_objects: int = 0  # objects touching the left, right or top border
+    shadow: str | None = None  # side ("left" / "right") the shadows fall on; None when the band is out of frame
+    shadow_amount: float = 0.0  # darkness beside the objects over the rest (0 ground .. 1 shadow colour)
+
+
+@dataclass(frozen=True, eq=False)
+class _Colours:
+    """The backdrop colours of the denoised working image, each an RGB float array `(3,)`."""
+
+    sky: np.ndarray
+    ground: np.ndarray  # the bottom strip, or the background's ground colour when the strip looks like the sky
+    shadow: np.ndarray  # the background's shadow colour, cast included
+    contrast: float  # distance from the sky to the bottom strip (levels)
+    ground_seen: bool  # the bottom strip differs from the sky
+    background: str
+    cast: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Sun:
+    """The sun, when seen: its side, its zoom and the `(56, 56)` bool mask of its sun-like pixels."""
+
+    light: str | None = None
+    zoom: float | None = None
+    mask: np.ndarray | None = None
+
+    @property
+    def canonical(self) -> bool:
+        """The frame is uncropped, so the ground line sits at its default row (within 2 rows)."""
+        return self.zoom is not None and _CANONICAL_ZOOM[0] <= self.zoom <= _CANONICAL_ZOOM[1]
+
+
+@dataclass(frozen=True, eq=False)
+class _Coverage:
+    """The object colour and each working-size pixel's coverage by an object (0 backdrop, 1 object colour)."""
+
+    colour: str
+    region: np.ndarray  # (56, 56) bool: above the ground line and away from the sun
+    hard: np.ndarray  # (56, 56) coverage from the denoised image
+    soft: np.ndarray  # (56, 56) coverage clipped to -0.3..1.2, 0 outside `region` (undenoised when clean)
+    line_sigma: float  # see `Measurements.line_sigma`
+
+
+@dataclass(frozen=True, eq=False)
+class _Object:
+    """One object, or one blob part holding several side by side; px at the working size."""
+
+    parts: int  # parts its blob was cut into
+    x_range: tuple[int, int]  # its columns, [start, stop)
+    bottom: float  # one below its lowest row
+    mass: float  # summed coverage in its window
+    x: float  # centroid column
+    cut: bool  # touches the left, right or top border
+    misfit: np.ndarray  # (shapes, scales, betas) template misfits (see `_template_misfit`)
+    radii: np.ndarray  # (shapes, scales) radii (px) the templates were sampled at
+
+
+def _colours(d: np.ndarray) -> _Colours:
+    """Sky and bottom-strip colours of the denoised image `d` `(56, 56, 3)`, and the background and cast they imply."""
+    size = WORK_SIZE
     sky = np.median(d[: int(0.25 * size), int(0.22 * size) : int(0.78 * size)].reshape(-1, 3), axis=0)
     bottom = np.median(d[int(0.9 * size) :].reshape(-1, 3), axis=0)
     contrast = float(np.sqrt(((sky - bottom) ** 2).sum()))
     ground_seen = contrast > 6.0
     bg_index, cast = _background(sky, bottom if ground_seen else None)
-    background = BACKGROUND_COLOURS[bg_index]
     ground = bottom if ground_seen else np.clip(GROUND_SHADE * _BG[bg_index] + cast, 0, 255)
-    shadow_colour = np.clip(GROUND_SHADE * SHADOW_SHADE * _BG[bg_index] + cast, 0, 255)
-    out.update(background=background, cast=cast)
+    shadow = np.clip(GROUND_SHADE * SHADOW_SHADE * _BG[bg_index] + cast, 0, 255)
+    return _Colours(sky, ground, shadow, contrast, ground_seen, BACKGROUND_COLOURS[bg_index], cast)
 
-    # --- sun: a pale-yellow disk in a top corner; its distance from the side edge measures the zoom (crop)
+
+def _find_sun(d: np.ndarray, sky: np.ndarray, cast: np.ndarray) -> _Sun:
+    """The pale-yellow disk in a top corner of `d`: the side with more sun-like pixels, and the distance of their
+    centroid from that side's edge over 0.1 of the width (the zoom). A faint sun (JPEG) falls back on the brighter
+    corner disk, with zoom 1."""
+    size = WORK_SIZE
     sun_axis = np.clip(_SUN + cast, 0, 255) - sky
     sun_len = max(float(np.sqrt((sun_axis**2).sum())), 1.0)
     top, side = int(0.22 * size), int(0.24 * size)
@@ -426,73 +454,98 @@ def _analyse(image: np.ndarray) -> dict:
     disk = (xx - 0.1 * size) ** 2 + (yy - 0.1 * size) ** 2 <= (_SUN_RADIUS * size) ** 2
     tsc = np.clip(ts, -0.5, 1.5)
     means = (float(tsc[:, :side][disk].mean()), float(tsc[:, side:][disk[:, ::-1]].mean()))
-    light, zoom = None, None
     if max(counts) >= 0.2 * np.pi * (_SUN_RADIUS * size) ** 2:
         light = "left" if counts[0] >= counts[1] else "right"
         xs = np.nonzero(sunlike[:, :side] if light == "left" else sunlike[:, side:])[1] + 0.5
         zoom = float((xs.mean() if light == "left" else side - xs.mean()) / (0.1 * size))
-    elif max(means) > 0.3 and abs(means[0] - means[1]) > 0.2:  # a faint sun (JPEG): the brighter corner disk
+    elif max(means) > 0.3 and abs(means[0] - means[1]) > 0.2:
         light, zoom = ("left" if means[0] > means[1] else "right"), 1.0
-    canonical = zoom is not None and _CANONICAL_ZOOM[0] <= zoom <= _CANONICAL_ZOOM[1]
-    out.update(light=light, sun_zoom=zoom)
+    else:
+        return _Sun()
+    mask = np.zeros((size, size), dtype=bool)
+    sun_cols = slice(0, side) if light == "left" else slice(size - side, size)
+    mask[:top, sun_cols] = sunlike[:, :side] if light == "left" else sunlike[:, side:]
+    return _Sun(light, zoom, mask)
 
-    # --- ground line: change point from sky-like rows to ground- or shadow-like rows
+
+def _ground_line(d: np.ndarray, colours: _Colours, sun: _Sun, sigma: float) -> tuple[int, bool]:
+    """The ground line (first ground row) of `d`, and whether it was found from the pixels: the change point from
+    sky-like rows to ground- or shadow-like rows when sky and ground differ by more than the noise `sigma`, else
+    the default row (or `WORK_SIZE`, no ground in frame, when the bottom strip is sky)."""
+    size = WORK_SIZE
     default_line = int(GROUND_LINE * size)
-    reliable = contrast > max(6.0, 2.0 * sigma)
-    if reliable:
-        to_sky, to_ground, to_shadow = _distance(d, sky), _distance(d, ground), _distance(d, shadow_colour)
-        tau = max(0.45 * contrast, sigma, 8.0)
-        skylike = (to_sky < tau) & (to_sky <= to_ground)
-        groundlike = ((to_ground < tau) | (to_shadow < tau)) & (to_sky > np.minimum(to_ground, to_shadow))
-        gain = np.concatenate([[0.0], np.cumsum(skylike.mean(axis=1) - groundlike.mean(axis=1))])
-        if canonical:
-            line = default_line - 2 + int(np.argmax(gain[default_line - 2 : default_line + 3]))
-        else:
-            line = int(np.argmax(gain))
-    else:  # no usable contrast: the default line, or no ground in frame when the bottom strip is sky
-        line = default_line if canonical or background == "black" or ground_seen else size
-    out.update(line=line, at_default_line=reliable and abs(line - default_line) <= 1)
+    if not colours.contrast > max(6.0, 2.0 * sigma):
+        line = default_line if sun.canonical or colours.background == "black" or colours.ground_seen else size
+        return line, False
+    to_sky = _distance(d, colours.sky)
+    to_ground, to_shadow = _distance(d, colours.ground), _distance(d, colours.shadow)
+    tau = max(0.45 * colours.contrast, sigma, 8.0)
+    skylike = (to_sky < tau) & (to_sky <= to_ground)
+    groundlike = ((to_ground < tau) | (to_shadow < tau)) & (to_sky > np.minimum(to_ground, to_shadow))
+    gain = np.concatenate([[0.0], np.cumsum(skylike.mean(axis=1) - groundlike.mean(axis=1))])
+    if sun.canonical:
+        return default_line - 2 + int(np.argmax(gain[default_line - 2 : default_line + 3])), True
+    return int(np.argmax(gain)), True
 
-    # --- object colour, and each pixel's coverage by an object against its row's backdrop
-    region = np.zeros((size, size), dtype=bool)
-    region[:line] = True
-    if zoom is not None:
-        sun_mask = np.zeros((size, size), dtype=bool)
-        sun_cols = slice(0, side) if light == "left" else slice(size - side, size)
-        sun_mask[:top, sun_cols] = sunlike[:, :side] if light == "left" else sunlike[:, side:]
-        region &= ~ndi.binary_dilation(sun_mask, iterations=2)
-    dist = _distance(d, sky)
-    rough = region & (dist > max(30.0, 3.0 * sigma))
-    out["objects"] = []
-    if rough.sum() < 4:
-        return out
-    colour = _object_colour(np.median(d[rough & (dist >= np.median(dist[rough]))], axis=0), sky, cast, background)
-    out["colour"] = colour
-    backdrop = np.broadcast_to(sky, (size, 3)).copy()  # the sky, mixed with the ground near a blurred line
-    out["line_sigma"] = np.nan
+
+def _backdrop(
+    d: np.ndarray, rough: np.ndarray, colours: _Colours, line: int, reliable: bool
+) -> tuple[np.ndarray, float]:
+    """Each row's backdrop colour `(56, 3)`: the sky, mixed with the ground in the 6 rows above a blurred line
+    (measured in object-free columns, `rough` marking object pixels); and the line's step width (px, nan when not
+    measured)."""
+    size = WORK_SIZE
+    backdrop = np.broadcast_to(colours.sky, (size, 3)).copy()
+    line_sigma = np.nan
     if reliable and 6 <= line <= size - 6:
         free = ~ndi.binary_dilation(rough[max(0, line - 12) : line].any(axis=0), iterations=3)
         if free.sum() >= 4:
-            axis = sky - ground
-            t = ((d[line - 6 : line + 6][:, free] - ground) @ axis) / float(axis @ axis)
+            axis = colours.sky - colours.ground
+            t = ((d[line - 6 : line + 6][:, free] - colours.ground) @ axis) / float(axis @ axis)
             profile = np.clip(np.median(t, axis=1), 0.0, 1.0)
-            backdrop[line - 6 : line] = ground + profile[:6, None] * axis
+            backdrop[line - 6 : line] = colours.ground + profile[:6, None] * axis
             step = np.clip(-np.diff(profile), 0, None)
             if step.sum() > 0.3:
                 pos = np.arange(len(step))
                 mu = (step * pos).sum() / step.sum()
-                out["line_sigma"] = float(np.sqrt((step * (pos - mu) ** 2).sum() / step.sum()))
-    obj_axis = np.clip(np.asarray(PALETTE[colour], dtype=np.float64) + cast, 0, 255) - backdrop  # (rows, 3)
+                line_sigma = float(np.sqrt((step * (pos - mu) ** 2).sum() / step.sum()))
+    return backdrop, line_sigma
+
+
+def _coverage(
+    d: np.ndarray, src: np.ndarray, sigma: float, colours: _Colours, sun: _Sun, line: int, reliable: bool
+) -> _Coverage | None:
+    """The object colour (from the pixels above `line` far from the sky) and each pixel's coverage: its projection
+    on the backdrop -> object colour axis, from the denoised `d` and from `src` (the image the soft coverage is
+    read from). None when fewer than 4 pixels stand out from the sky."""
+    size = WORK_SIZE
+    region = np.zeros((size, size), dtype=bool)
+    region[:line] = True
+    if sun.mask is not None:
+        region &= ~ndi.binary_dilation(sun.mask, iterations=2)
+    dist = _distance(d, colours.sky)
+    rough = region & (dist > max(30.0, 3.0 * sigma))
+    if rough.sum() < 4:
+        return None
+    pixel = np.median(d[rough & (dist >= np.median(dist[rough]))], axis=0)
+    colour = _object_colour(pixel, colours.sky, colours.cast, colours.background)
+    backdrop, line_sigma = _backdrop(d, rough, colours, line, reliable)
+    obj_axis = np.clip(np.asarray(PALETTE[colour], dtype=np.float64) + colours.cast, 0, 255) - backdrop  # (rows, 3)
     norm = np.maximum((obj_axis * obj_axis).sum(axis=1), 1.0)[:, None]
-    t_obj = ((d - backdrop[:, None]) * obj_axis[:, None]).sum(axis=-1) / norm
-    src = d if noise_w > 3 else w
+    hard = ((d - backdrop[:, None]) * obj_axis[:, None]).sum(axis=-1) / norm
     soft = np.clip(((src - backdrop[:, None]) * obj_axis[:, None]).sum(axis=-1) / norm, -0.3, 1.2)
     soft[~region] = 0.0
+    return _Coverage(colour, region, hard, soft, line_sigma)
 
-    # --- blobs; fragments (a star's thin point, noise) join a big neighbour within 3 px or go
-    labels, n = ndi.label(region & (t_obj > 0.5))
+
+def _blobs(coverage: _Coverage) -> tuple[np.ndarray, list[tuple[int, tuple[slice, slice]]], int]:
+    """Blobs of coverage > 0.5: the label image `(56, 56)`, each blob of >= 5 px as (label, bounding slices), and
+    the margin (px) an object's window needs for its blurred edge. Fragments (a star's thin point, noise) join a
+    big neighbour within 3 px or go."""
+    region, hard = coverage.region, coverage.hard
+    labels, n = ndi.label(region & (hard > 0.5))
     if n == 0:
-        return out
+        return labels, [], 0
     areas = np.bincount(labels.ravel(), minlength=n + 1)
     sizable = areas[1:][areas[1:] >= 5]
     big = areas >= max(5.0, 0.3 * float(np.median(sizable)) if len(sizable) else 5.0)
@@ -501,16 +554,39 @@ def _analyse(image: np.ndarray) -> dict:
         near = ndi.grey_dilation(np.where(big[labels], labels, 0), size=(7, 7))
         labels = np.where(big[labels], labels, np.where(labels > 0, near, 0))
         areas = np.bincount(labels.ravel(), minlength=n + 1)
-    edge = ndi.binary_dilation(labels > 0, iterations=2) & region & (t_obj > 0.2) & (t_obj < 0.8)
-    gy, gx = np.gradient(t_obj)
+    edge = ndi.binary_dilation(labels > 0, iterations=2) & region & (hard > 0.2) & (hard < 0.8)
+    gy, gx = np.gradient(hard)
     edge_sigma = 1.0 / (np.sqrt(2 * np.pi) * max(float(np.median(np.hypot(gx, gy)[edge])), 0.1)) if edge.any() else 1
-    margin = int(np.ceil(3 + 2 * min(edge_sigma, 3.0)))  # room around an object for its blurred edge
+    margin = int(np.ceil(3 + 2 * min(edge_sigma, 3.0)))
     slices = [(k, sl) for k, sl in enumerate(ndi.find_objects(labels), start=1) if sl is not None and areas[k] >= 5]
-    if not slices:
-        return out
-    height = float(statistics.median(sl[0].stop - sl[0].start for _, sl in slices))
+    return labels, slices, margin
 
-    # --- objects: blobs cut at the dips of their column profile
+
+def _template_misfit(
+    window: np.ndarray, centre: tuple[float, float], rows_above_line: float, mass: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Squared misfit of an object's coverage `window` to every shape's blurred template, sampled around its
+    `centre` (px in the window) at each radius scale, above the line only: an array (shapes, scales, betas), and
+    the radii (px) `(shapes, scales)`."""
+    table, shape_areas = _templates()
+    radii = np.sqrt(mass / shape_areas)[:, None] * _SCALES[None, :]  # (shapes, scales) px
+    ys = centre[0] + _GRID[None, None, :, None] * radii[:, :, None, None]
+    xs = centre[1] + _GRID[None, None, None, :] * radii[:, :, None, None]
+    ys, xs = np.broadcast_arrays(ys, xs)
+    obs = ndi.map_coordinates(window, [ys.ravel(), xs.ravel()], order=1, cval=0.0)
+    obs = obs.reshape(*radii.shape, -1)
+    valid = ys.reshape(*radii.shape, -1) <= rows_above_line
+    return (((table[:, None] - obs[:, :, None]) ** 2) * valid[:, :, None]).sum(axis=-1), radii
+
+
+def _objects(coverage: _Coverage, line: int) -> list[_Object]:
+    """The objects above `line`: each blob cut at the dips of its column profile, with its template misfits."""
+    size = WORK_SIZE
+    labels, slices, margin = _blobs(coverage)
+    if not slices:
+        return []
+    soft = coverage.soft
+    height = float(statistics.median(sl[0].stop - sl[0].start for _, sl in slices))
     objects = []
     for k, sl in slices:
         y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
@@ -527,156 +603,210 @@ def _analyse(image: np.ndarray) -> dict:
             mass = max(float(window.sum()), 1.0)
             wy, wx = np.indices(window.shape)
             centre = (float((window * wy).sum() / mass), float((window * wx).sum() / mass))
+            misfit, radii = _template_misfit(window, centre, line - 0.5 - wy0, mass)
             objects.append(
-                {
-                    "parts": len(cuts) - 1,
-                    "x_range": (a, b),
-                    "bottom": float(bottoms[a - x0 : b - x0].max()),
-                    "mass": mass,
-                    "x": centre[1] + wx0 + 0.5,
-                    "window": window,
-                    "centre": centre,
-                    "rows_above_line": line - 0.5 - wy0,
-                    "cut": bool(a == 0 or b == size or y0 == 0),
-                }
+                _Object(
+                    parts=len(cuts) - 1,
+                    x_range=(a, b),
+                    bottom=float(bottoms[a - x0 : b - x0].max()),
+                    mass=mass,
+                    x=centre[1] + wx0 + 0.5,
+                    cut=bool(a == 0 or b == size or y0 == 0),
+                    misfit=misfit,
+                    radii=radii,
+                )
             )
-    out["objects"] = objects
+    return objects
 
-    # --- template fit: misfit to each shape's blurred mask for every radius scale and blur (above the line only)
-    table, shape_areas = _templates()
-    for o in objects:
-        radii = np.sqrt(o["mass"] / shape_areas)[:, None] * _SCALES[None, :]  # (shapes, scales) px
-        ys = o["centre"][0] + _GRID[None, None, :, None] * radii[:, :, None, None]
-        xs = o["centre"][1] + _GRID[None, None, None, :] * radii[:, :, None, None]
-        ys, xs = np.broadcast_arrays(ys, xs)
-        obs = ndi.map_coordinates(o["window"], [ys.ravel(), xs.ravel()], order=1, cval=0.0)
-        obs = obs.reshape(*radii.shape, -1)
-        valid = ys.reshape(*radii.shape, -1) <= o["rows_above_line"]
-        o["misfit"] = (((table[:, None] - obs[:, :, None]) ** 2) * valid[:, :, None]).sum(axis=-1)
-        o["radii"] = radii
 
-    # --- shape and blur: misfits summed over the whole objects, with one blur sigma shared by all
-    fit_set = [o for o in objects if not o["cut"]] or objects
-    typical = statistics.median(o["mass"] for o in fit_set)
-    fit_set = [o for o in fit_set if o["mass"] <= 1.6 * typical] or fit_set
+def _fit_shape_and_blur(objects: list[_Object]) -> tuple[str, float, float]:
+    """The shape, the template blur sigma (px) and the radius (px): template misfits summed over the whole objects
+    of typical mass, with one blur sigma shared by all; the shape through `_SHAPE_WEIGHTS` on `_shape_features`."""
+    fit_set = [o for o in objects if not o.cut] or objects
+    typical = statistics.median(o.mass for o in fit_set)
+    fit_set = [o for o in fit_set if o.mass <= 1.6 * typical] or fit_set
     total = np.zeros((len(SHAPES), len(_SIGMAS)))
+    best_scales = []  # per object in `fit_set`: (shapes, sigmas) index of the best radius scale
     for o in fit_set:
-        beta = _SIGMAS[None, None, :] / o["radii"][:, :, None]  # (shapes, scales, sigmas)
+        beta = _SIGMAS[None, None, :] / o.radii[:, :, None]  # (shapes, scales, sigmas)
         index = np.clip(np.searchsorted(_BETAS, beta) - 1, 0, len(_BETAS) - 2)
         frac = np.clip((beta - _BETAS[index]) / (_BETAS[1] - _BETAS[0]), 0.0, 1.0)
-        lower = np.take_along_axis(o["misfit"], index, axis=-1)
-        misfit = lower + frac * (np.take_along_axis(o["misfit"], index + 1, axis=-1) - lower)
-        o["best_scale"] = misfit.argmin(axis=1)  # (shapes, sigmas)
+        lower = np.take_along_axis(o.misfit, index, axis=-1)
+        misfit = lower + frac * (np.take_along_axis(o.misfit, index + 1, axis=-1) - lower)
+        best_scales.append(misfit.argmin(axis=1))
         total += misfit.min(axis=1)
     best_index, sigma_index = np.unravel_index(int(np.argmin(total)), total.shape)
 
     def radius_of(index: int) -> float:  # px at the working size
-        return float(statistics.median(o["radii"][index, o["best_scale"][index, sigma_index]] for o in fit_set))
+        radii = (o.radii[index, scale[index, sigma_index]] for o, scale in zip(fit_set, best_scales, strict=True))
+        return float(statistics.median(radii))
 
     template_sigma = float(_SIGMAS[sigma_index])
-    out["shape_features"] = _shape_features(total.min(axis=1), template_sigma / radius_of(int(best_index)))
-    shape_index = int(np.argmax(_SHAPE_WEIGHTS @ out["shape_features"]))
-    shape = SHAPES[shape_index]
-    radius = radius_of(shape_index)
-    out.update(shape=shape, template_sigma=template_sigma, radius=radius)
+    features = _shape_features(total.min(axis=1), template_sigma / radius_of(int(best_index)))
+    shape_index = int(np.argmax(_SHAPE_WEIGHTS @ features))
+    return SHAPES[shape_index], template_sigma, radius_of(shape_index)
 
-    # --- count: one per object part; a heavier part (touching squares make no humps) counts by its mass
+
+def _instances(objects: list[_Object], shape: str, radius: float, line: int) -> list[tuple[float, float, bool]]:
+    """One (x centre px, bottom px, floating) per object: one per object part, except that a part heavier than one
+    object (touching squares make no humps) counts by its mass, its objects evenly spaced across it."""
     one, single_width = _AREA[shape] * radius**2, _WIDTH[shape] * radius
-    instances = []  # (x centre px, bottom px, floating?)
+    instances = []
     for o in objects:
-        a, b = o["x_range"]
+        a, b = o.x_range
         n_obj = 1
-        if shape == "square" or o["parts"] == 1:
-            n_obj = max(1, int(round(o["mass"] / one)))
-            if o["cut"]:  # partly out of frame: its width bounds how many it can be
+        if shape == "square" or o.parts == 1:
+            n_obj = max(1, int(round(o.mass / one)))
+            if o.cut:  # partly out of frame: its width bounds how many it can be
                 n_obj = min(n_obj, max(1, int(round((b - a) / single_width + 0.2))))
             n_obj = min(n_obj, 6, b - a)
-        floating = line - o["bottom"] > _FLOAT_GAP * radius
+        floating = line - o.bottom > _FLOAT_GAP * radius
         if n_obj == 1:
-            instances.append((o["x"], o["bottom"], floating))
-        else:  # side by side, evenly spaced across the part
+            instances.append((o.x, o.bottom, floating))
+        else:
             spacing = max(b - a - single_width, 0.0) / (n_obj - 1)
-            instances.extend((a + 0.5 * single_width + j * spacing, o["bottom"], floating) for j in range(n_obj))
+            instances.extend((a + 0.5 * single_width + j * spacing, o.bottom, floating) for j in range(n_obj))
+    return instances
+
+
+def _overlap(instances: list[tuple[float, float, bool]], radius: float) -> bool:
+    """Exactly one pair of neighbours closer than `_OVERLAP_SPACING` radii."""
     gaps = np.diff(sorted(x for x, _, _ in instances)) / radius
-    out.update(instances=instances, overlap=int((gaps < _OVERLAP_SPACING).sum()) == 1)
+    return int((gaps < _OVERLAP_SPACING).sum()) == 1
 
-    # --- shadows: darkness (0 ground .. 1 shadow colour) in a band under the line, beside the objects
-    out["shadow"] = None
+
+def _shadows(
+    d: np.ndarray, line: int, colours: _Colours, instances: list[tuple[float, float, bool]], radius: float, sun: _Sun
+) -> tuple[str | None, float]:
+    """The side the shadows fall on and how dark the columns 0.9 radii beside the objects are against the rest
+    (0 ground .. 1 shadow colour, in a band under `line`); (None, 0.0) when the band is out of frame."""
+    size = WORK_SIZE
+    if line + 2 > size:
+        return None, 0.0
+    zoom = sun.zoom
     band = max(3, int(round(0.07 * size * (zoom if zoom is not None and zoom > 1.12 else 1.0))) + 1)
-    if line + 2 <= size:
-        sh_axis = shadow_colour - ground
-        t_sh = ((d[line + 1 : line + 1 + band] - ground) @ sh_axis) / max(float(sh_axis @ sh_axis), 1.0)
-        dark = np.clip(t_sh, -0.5, 1.5).mean(axis=0)
-        cols = np.arange(size) + 0.5
-        centres = np.array([x for x, _, _ in instances])[:, None]
-        right = (np.abs(cols - centres - 0.9 * radius) <= 1.15 * radius).any(axis=0)
-        left = (np.abs(cols - centres + 0.9 * radius) <= 1.15 * radius).any(axis=0)
-        either = right | left
-        rest = float(np.median(dark[~either])) if (~either).sum() >= 3 else 0.0
-        out["shadow_amount"] = float(np.percentile(dark[either], 75)) - rest if either.any() else 0.0
-        only_right = float(dark[right & ~left].mean()) if (right & ~left).any() else 0.0
-        only_left = float(dark[left & ~right].mean()) if (left & ~right).any() else 0.0
-        out["shadow"] = "right" if only_right >= only_left else "left"
-    return out
+    sh_axis = colours.shadow - colours.ground
+    t_sh = ((d[line + 1 : line + 1 + band] - colours.ground) @ sh_axis) / max(float(sh_axis @ sh_axis), 1.0)
+    dark = np.clip(t_sh, -0.5, 1.5).mean(axis=0)
+    cols = np.arange(size) + 0.5
+    centres = np.array([x for x, _, _ in instances])[:, None]
+    right = (np.abs(cols - centres - 0.9 * radius) <= 1.15 * radius).any(axis=0)
+    left = (np.abs(cols - centres + 0.9 * radius) <= 1.15 * radius).any(axis=0)
+    either = right | left
+    rest = float(np.median(dark[~either])) if (~either).sum() >= 3 else 0.0
+    amount = float(np.percentile(dark[either], 75)) - rest if either.any() else 0.0
+    only_right = float(dark[right & ~left].mean()) if (right & ~left).any() else 0.0
+    only_left = float(dark[left & ~right].mean()) if (left & ~right).any() else 0.0
+    return ("right" if only_right >= only_left else "left"), amount
 
 
-def _degradations(out: dict) -> tuple[float, float, float]:
+def _analyse(image: np.ndarray) -> Measurements:
+    """The `Measurements` of a checked RGB uint8 image `(H, W, 3)` (steps 1-9 of the module docstring)."""
+    raw = image.astype(np.float64)
+    noise_raw = _noise_sigma(raw)
+    jpeg_share, jpeg_support, jpeg_jump = _jpeg_steps(raw)
+    w = _to_work(image)
+    noise_w = noise_raw if w.shape == raw.shape else _noise_sigma(w)
+    d = _median_filter(w)
+    if noise_w > 12:
+        d = _median_filter(d)
+    sigma = max(0.5 * noise_w, 1.0)  # per-channel noise left after the median filter
+
+    colours = _colours(d)
+    sun = _find_sun(d, colours.sky, colours.cast)
+    line, reliable = _ground_line(d, colours, sun, sigma)
+    found = Measurements(
+        noise_raw=noise_raw,
+        jpeg_share=jpeg_share,
+        jpeg_support=jpeg_support,
+        jpeg_jump=jpeg_jump,
+        background=colours.background,
+        cast=tuple(float(c) for c in colours.cast),
+        light=sun.light,
+        sun_zoom=sun.zoom,
+        at_default_line=reliable and abs(line - int(GROUND_LINE * WORK_SIZE)) <= 1,
+    )
+    coverage = _coverage(d, d if noise_w > 3 else w, sigma, colours, sun, line, reliable)
+    if coverage is None:
+        return found
+    found = replace(found, colour=coverage.colour, line_sigma=coverage.line_sigma)
+    objects = _objects(coverage, line)
+    if not objects:
+        return found
+    shape, template_sigma, radius = _fit_shape_and_blur(objects)
+    instances = _instances(objects, shape, radius, line)
+    shadow, shadow_amount = _shadows(d, line, colours, instances, radius, sun)
+    return replace(
+        found,
+        shape=shape,
+        template_sigma=template_sigma,
+        radius=radius,
+        instances=tuple(instances),
+        overlap=_overlap(instances, radius),
+        cut_objects=sum(o.cut for o in objects),
+        shadow=shadow,
+        shadow_amount=shadow_amount,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- decisions
+def _degradations(found: Measurements) -> tuple[float, float, float]:
     """Blur sigma (px at 56 px), noise sigma (8-bit levels) and compression strength from the measurements."""
     jpeg = (
-        out["jpeg_share"] > _JPEG_SHARE
-        and out["jpeg_support"] >= _JPEG_SUPPORT
-        and out["jpeg_share"] * out["jpeg_support"] >= _JPEG_HITS
+        found.jpeg_share > _JPEG_SHARE
+        and found.jpeg_support >= _JPEG_SUPPORT
+        and found.jpeg_share * found.jpeg_support >= _JPEG_HITS
     )
-    compression = float(np.clip(_JPEG_A + _JPEG_B * np.log(max(out["jpeg_jump"], 1.0)), 0.4, 1.0)) if jpeg else 0.0
-    noise = out["noise_raw"] / _NOISE_GAIN
+    compression = float(np.clip(_JPEG_A + _JPEG_B * np.log(max(found.jpeg_jump, 1.0)), 0.4, 1.0)) if jpeg else 0.0
+    noise = found.noise_raw / _NOISE_GAIN
     noise = 0.0 if noise < _NOISE_MIN or jpeg else float(noise)
     blur = 0.0
-    if "template_sigma" in out:
-        var = out["template_sigma"] ** 2 - _PIXEL_VAR - _BLUR_NOISE * (noise / 40) ** 2 - _BLUR_JPEG * compression
+    if found.template_sigma is not None:
+        var = found.template_sigma**2 - _PIXEL_VAR - _BLUR_NOISE * (noise / 40) ** 2 - _BLUR_JPEG * compression
         blur = float(np.sqrt(max(var, 0.0)))
-    line_sigma = out.get("line_sigma", np.nan)
-    if np.isfinite(line_sigma) and noise == 0 and compression == 0:
-        blur = _LINE_WEIGHT * float(np.sqrt(max(line_sigma**2 - _PIXEL_VAR, 0.0))) + (1 - _LINE_WEIGHT) * blur
+    if np.isfinite(found.line_sigma) and noise == 0 and compression == 0:
+        line_blur = float(np.sqrt(max(found.line_sigma**2 - _PIXEL_VAR, 0.0)))
+        blur = _LINE_WEIGHT * line_blur + (1 - _LINE_WEIGHT) * blur
     return (blur if blur >= _BLUR_MIN else 0.0), noise, compression
 
 
-def _scene(out: dict) -> Scene:
+def _scene(found: Measurements) -> Scene:
+    """The `Scene` the measurements imply: shadow state, degradations and crop decided (step 10 of the module
+    docstring); positions and radius in fractions of the image size."""
     size = WORK_SIZE
-    radius = out.get("radius", 0.1 * size) / size
+    radius = (found.radius if found.radius is not None else 0.1 * size) / size
     objects = [
-        SceneObject(x / size, bottom / size - radius, radius, not floating)
-        for x, bottom, floating in out.get("instances", [])
+        SceneObject(x / size, bottom / size - radius, radius, not floating) for x, bottom, floating in found.instances
     ]
-    light = out["light"] or "left"
-    if out.get("shadow") is None:
+    light = found.light or "left"
+    if found.shadow is None:
         shadows = "consistent"
-    elif out["shadow_amount"] < _SHADOW_MIN:
+    elif found.shadow_amount < _SHADOW_MIN:
         shadows = "none"
-    elif out["light"] is None:  # no sun seen: trust the shadows
+    elif found.light is None:  # no sun seen: trust the shadows
         shadows = "consistent"
-        light = "left" if out["shadow"] == "right" else "right"
+        light = "left" if found.shadow == "right" else "right"
     else:
-        shadows = "consistent" if out["shadow"] != light else "wrong"
-    blur, noise, compression = _degradations(out)
-    cut = sum(o["cut"] for o in out["objects"])
-    zoom = out["sun_zoom"]
+        shadows = "consistent" if found.shadow != light else "wrong"
+    blur, noise, compression = _degradations(found)
+    zoom = found.sun_zoom
     zoomed = zoom is not None and zoom > _CANONICAL_ZOOM[1]
-    cropped = zoomed or cut > 0 or (zoom is None and not out["at_default_line"])
+    cropped = zoomed or found.cut_objects > 0 or (zoom is None and not found.at_default_line)
     return Scene(
         count=len(objects),
-        colour=out.get("colour") or next(c for c in OBJECT_COLOURS if c != out["background"]),
-        shape=out.get("shape", "circle"),
-        background=out["background"],
+        colour=found.colour or next(c for c in OBJECT_COLOURS if c != found.background),
+        shape=found.shape or "circle",
+        background=found.background,
         objects=objects,
         light=light,
         shadows=shadows,
-        overlap=bool(out.get("overlap", False)),
+        overlap=found.overlap,
         blur=blur,
         noise=noise,
         compression=compression,
-        cast=tuple(float(c) if abs(c) >= _CAST_MIN else 0.0 for c in out["cast"]),
+        cast=tuple(c if abs(c) >= _CAST_MIN else 0.0 for c in found.cast),
         crop=float((1.0 - 1.0 / zoom if zoomed else _DEFAULT_CROP) if cropped else 0.0),
-        cut_objects=int(cut),
+        cut_objects=found.cut_objects,
         extra={"estimated": True},
     )
 
@@ -686,6 +816,7 @@ def estimate_scene(image: np.ndarray) -> Scene:
     """The `Scene` an RGB uint8 image `(H, W, 3)` (H, W >= 32) shows, estimated from its pixels: everything
     `oracle_scores` reads (count, colour, shape, background, cast, overlap, crop and cut objects, sun side, shadows,
     floating objects, blur, noise, compression). Objects carry estimated positions; `extra["estimated"]` is True.
+    The image is analysed at 56x56 px, so a non-square image is squashed.
     """
     return _scene(_analyse(_check_image(image)))
 
@@ -704,72 +835,3 @@ def judge_batch(images: np.ndarray | Sequence[np.ndarray], prompts: str | Sequen
         raise ValueError(f"`prompts` must have one entry per image: {len(prompts)} prompts for {len(images)} images")
     scores = [judge(image, prompt) for image, prompt in zip(images, prompts, strict=True)]
     return {d: np.array([s[d] for s in scores], dtype=np.float64) for d in DIMENSIONS}
-
-
-def calibrate(num_items: int = 4000, seed: int = 7) -> dict[str, object]:
-    """Refit the calibrated constants on `SyntheticWorld(seed).generate(num_items)` (about 15 s per 4000 items) and
-    return them (module constants are not changed): `shape_weights` (multinomial logistic regression on
-    `_shape_features`), `noise_gain`, `jpeg_a` / `jpeg_b`, `blur_noise` / `blur_jpeg` / `blur_min` / `line_weight`
-    (grid search for the least blur MAE) and `shadow_min` (least shadow-state error)."""
-    from scipy.optimize import minimize
-
-    from .world import SyntheticWorld
-
-    items = SyntheticWorld(seed=seed).generate(num_items)
-    found = [(_analyse(item.image), item.scene) for item in items]
-    result: dict[str, object] = {}
-
-    shaped = [(out, scene) for out, scene in found if "shape_features" in out]
-    x = np.array([out["shape_features"] for out, _ in shaped])
-    y = np.array([SHAPES.index(scene.shape) for _, scene in shaped])
-
-    def loss(flat: np.ndarray) -> tuple[float, np.ndarray]:
-        weights = flat.reshape(len(SHAPES), -1)
-        logits = x @ weights.T
-        logits -= logits.max(axis=1, keepdims=True)
-        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        grad_logits = np.exp(log_p)
-        grad_logits[np.arange(len(y)), y] -= 1
-        value = -log_p[np.arange(len(y)), y].mean() + 1e-3 * (weights**2).sum()
-        return value, ((grad_logits.T @ x) / len(y) + 2e-3 * weights).ravel()
-
-    fit = minimize(loss, np.zeros(len(SHAPES) * x.shape[1]), jac=True, method="L-BFGS-B")
-    result["shape_weights"] = np.round(fit.x.reshape(len(SHAPES), -1), 3)
-
-    def is_jpeg(out: dict) -> bool:
-        share, support = out["jpeg_share"], out["jpeg_support"]
-        return share > _JPEG_SHARE and support >= _JPEG_SUPPORT and share * support >= _JPEG_HITS
-
-    noisy = [out["noise_raw"] / scene.noise for out, scene in found if scene.noise > 0 and not is_jpeg(out)]
-    result["noise_gain"] = round(float(np.median(noisy)), 3)
-    jpeg = [(np.log(max(out["jpeg_jump"], 1.0)), scene.compression) for out, scene in found if is_jpeg(out)]
-    jpeg = [(a, c) for a, c in jpeg if c > 0]
-    slope, intercept = np.polyfit([a for a, _ in jpeg], [c for _, c in jpeg], 1)
-    result["jpeg_a"], result["jpeg_b"] = round(float(intercept), 3), round(float(slope), 3)
-
-    truth = np.array([scene.blur for _, scene in found])
-    best = (np.inf, {})
-    saved = {name: globals()[name] for name in ("_BLUR_NOISE", "_BLUR_JPEG", "_BLUR_MIN", "_LINE_WEIGHT")}
-    try:
-        for blur_noise in np.arange(0.0, 6.01, 1.0):
-            for blur_jpeg in (4.0, 7.0, 10.0, 14.0):
-                for blur_min in (0.5, 0.6, 0.7, 0.8):
-                    for line_weight in (0.0, 0.5, 0.7, 1.0):
-                        globals().update(
-                            _BLUR_NOISE=blur_noise, _BLUR_JPEG=blur_jpeg, _BLUR_MIN=blur_min, _LINE_WEIGHT=line_weight
-                        )
-                        error = np.abs(np.array([_degradations(out)[0] for out, _ in found]) - truth).mean()
-                        if error < best[0]:
-                            best = (error, dict(blur_noise=blur_noise, blur_jpeg=blur_jpeg, blur_min=blur_min,
-                                                line_weight=line_weight))  # fmt: skip
-    finally:
-        globals().update(saved)
-    result.update(best[1])
-
-    shadowed = [(out["shadow_amount"], scene.shadows) for out, scene in found if out.get("shadow") is not None]
-    amounts = np.array([a for a, _ in shadowed])
-    present = np.array([state != "none" for _, state in shadowed])
-    thresholds = np.arange(0.02, 0.41, 0.02)
-    errors = [((amounts >= t) != present).mean() for t in thresholds]
-    result["shadow_min"] = round(float(thresholds[int(np.argmin(errors))]), 2)
-    return result
