@@ -122,7 +122,7 @@ def sample(rollout, prompts: list[str], num_steps: int, method: str = "draft", k
     decode = (lambda x: checkpoint(rollout.decode, x, use_reentrant=False)) if use_checkpoint else rollout.decode
     images = decode(latents)
     l2 = torch.stack(l2_terms).mean() if l2_terms else None
-    return Sample(images, prompt_index, grad_steps, l2, latents.detach())
+    return Sample(images, prompt_index, grad_steps, l2)
 
 
 BATCH_MAJOR = ("encoder_hidden_states", "pooled_projections", "text_embeds", "time_ids")

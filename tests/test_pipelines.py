@@ -165,6 +165,21 @@ def test_reward_finetune_two_processes_match_one(tmp_path):
     assert judged[1] == pytest.approx(judged[0])
 
 
+def test_reward_finetune_two_process_resume_equals_the_uninterrupted_two_process_run(tmp_path):
+    def launch(out: str, steps: int, *extra: str) -> dict:
+        args = _finetune_args(tmp_path / out, steps, *extra, batch_size=1)
+        launch_cpu(["-m", "pipelines.reward_finetune", *args], 2)
+        return json.loads((tmp_path / out / "metrics.json").read_text())
+
+    full = launch("full", 2)
+    launch("half", 1)
+    resumed = launch("half", 2, "--resume")
+    assert resumed["resumed_from_step"] == 1
+    for key in ("reward_mean", "loss", "grad_norm"):
+        np.testing.assert_allclose([h[key] for h in resumed["history"]], [h[key] for h in full["history"]],
+                                   rtol=1e-4, atol=1e-5, err_msg=key)
+
+
 # ------------------------------------------------------------------------------------------------ judging, rewards
 def test_best_of_n_keeps_the_highest_reward(reward):
     """Each prompt's n candidates drawn from the pipeline itself (seeds seed · 1_000_003 + p · n + i, one explicit
