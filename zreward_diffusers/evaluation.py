@@ -89,30 +89,20 @@ def dataset_targets(dataset: RewardDataset) -> dict:
 
 
 def evaluate_probs(probs: np.ndarray, dataset: RewardDataset, weights=None) -> dict:
-    """Metrics of predicted distributions `(N, D, K)` against the dataset's targets (see `metrics.evaluate_scores`)."""
+    """Metrics of predicted distributions `(N, D, K)` against the dataset's targets (see `metrics.evaluate_scores`),
+    plus `num_records`. A panel whose overall preferences are all ties has no overall pair accuracy."""
     targets = dataset_targets(dataset)
     pairs_index, pairs_outcome = targets["dimension_pairs"]
+    overall_index, overall_outcome = targets["overall_pairs"]
     report = metrics.evaluate_scores(
         probs, dataset.levels, dataset.dimensions, targets["groups"],
         human_scores=targets["labels"], histograms=targets["histograms"],
         pairs=(pairs_index[:, 0], pairs_index[:, 1], pairs_outcome) if len(pairs_outcome) else None,
+        overall_pairs=((overall_index[:, 0], overall_index[:, 1], overall_outcome)
+                       if (overall_outcome != 0).any() else None),
         weights=weights,
     )
-    levels = np.asarray(dataset.levels)
-    if targets["labels"] is not None:
-        for d, name in enumerate(dataset.dimensions):
-            label_index = np.abs(targets["labels"][:, d, None] - levels[None]).argmin(axis=1)
-            report[name]["ece"] = metrics.expected_calibration_error(probs[:, d], label_index)
-    overall_index, overall_outcome = targets["overall_pairs"]
-    if len(overall_outcome) and (overall_outcome != 0).any():
-        reward = (probs * levels).sum(-1)
-        weights_array = np.full(len(dataset.dimensions), 1.0 / len(dataset.dimensions)) if weights is None else (
-            np.asarray(weights, dtype=np.float64) / np.sum(weights))
-        overall_score = reward @ weights_array
-        report["overall"]["pair_accuracy"] = metrics.pairwise_accuracy_from_pairs(
-            overall_score[overall_index[:, 0]], overall_score[overall_index[:, 1]], overall_outcome)
-    report["num_records"] = len(dataset.records)
-    return report
+    return {**report, "num_records": len(dataset.records)}
 
 
 def markdown_table(report: dict, dimensions) -> str:
