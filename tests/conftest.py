@@ -17,3 +17,13 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> str:
+    """A tiny Qwen2-VL Z-Reward checkpoint on disk (random weights), for the trainers' tests."""
+    from zreward_diffusers.testing import create_tiny_checkpoint
+
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    create_tiny_checkpoint(path, seed=0)
+    return str(path)

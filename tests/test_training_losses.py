@@ -280,13 +280,6 @@ def test_gdso_rewards_pairwise_share_with_ties_by_hand():
 SMALL_DATA = dict(train_data={"num_groups": 3, "start": 0}, eval_data={"num_groups": 2, "start": 1000})
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    create_tiny_checkpoint(path, seed=0)
-    return str(path)
-
-
 def fixed_rollout(trainer, step: int = 0) -> dict:
     """The step's first unit with fixed, distinct reasoning chains, all finished (the chains are not sampled)."""
     unit, records, dimension = trainer.step_units(step)[0]

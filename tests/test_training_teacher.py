@@ -31,17 +31,10 @@ from training.sequences import Row, RowEncoder, forward_rows
 from training.sft import SFTConfig, SFTTrainer
 from zreward_diffusers import ZRewardLoss, ZRewardScorer
 from zreward_diffusers.synthetic import SyntheticWorld
-from zreward_diffusers.testing import build_tiny_scorer, create_tiny_checkpoint
+from zreward_diffusers.testing import build_tiny_scorer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_DATA = dict(train_data={"num_groups": 3, "start": 0}, eval_data={"num_groups": 2, "start": 1000})
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    create_tiny_checkpoint(path, seed=0)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -225,19 +218,25 @@ def test_gdso_terms_equal_the_objectives_recomputed_from_the_scorer(tiny_base, t
     assert terms["logs"]["reward_mean"] == pytest.approx(reward_sum, abs=1e-4)
 
 
-def test_grpo_trains_every_parameter(sharp_base, tmp_path):
-    config = GRPOConfig(base=sharp_base, output_dir=str(tmp_path), groups_per_step=3, num_rollouts=4,
-                        max_new_tokens=4, lr=1e-3, warmup_steps=0, log_with=None, **SMALL_DATA)
-    trainer = GDSOTrainer(config)
-    assert trainer.name == "grpo"
+def count_rollouts_finished(trainer):
+    """A few new tokens never close the tiny model's reasoning: count every rollout as finished, so the sampled
+    score token can earn its reward."""
     sample = trainer.rollouts
 
-    def finished_rollouts(*args):  # 4 new tokens never close the reasoning; count them as finished
+    def finished_rollouts(*args):
         rollout = sample(*args)
         rollout["finished"][:] = True
         return rollout
 
     trainer.rollouts = finished_rollouts
+    return trainer
+
+
+def test_grpo_trains_every_parameter(sharp_base, tmp_path):
+    config = GRPOConfig(base=sharp_base, output_dir=str(tmp_path), groups_per_step=3, num_rollouts=4,
+                        max_new_tokens=4, lr=1e-3, warmup_steps=0, log_with=None, **SMALL_DATA)
+    trainer = count_rollouts_finished(GDSOTrainer(config))
+    assert trainer.name == "grpo"
     before = parameters(trainer)
     logs = run_steps(trainer, 2)
     assert_all_changed(before, trainer)
@@ -269,17 +268,8 @@ def lora_trainer(name: str, tiny_base: str, sharp_base: str, tmp_path):
         return SFTTrainer(SFTConfig(base=tiny_base, batch_size=4, micro_batch_size=2, **common))
     if name in ("gdso", "grpo"):
         config_class = GDSOConfig if name == "gdso" else GRPOConfig
-        trainer = GDSOTrainer(config_class(base=sharp_base, groups_per_step=2, num_rollouts=2, max_new_tokens=4,
-                                           **common))
-        sample = trainer.rollouts
-
-        def finished_rollouts(*args):  # 4 new tokens never close the reasoning; count them as finished
-            rollout = sample(*args)
-            rollout["finished"][:] = True
-            return rollout
-
-        trainer.rollouts = finished_rollouts
-        return trainer
+        return count_rollouts_finished(GDSOTrainer(config_class(base=sharp_base, groups_per_step=2, num_rollouts=2,
+                                                                max_new_tokens=4, **common)))
     trainer_class = BradleyTerryTrainer if name == "bradley_terry" else RewardDanceTrainer
     return trainer_class(ScalarConfig(base=tiny_base, batch_size=4, **common))
 
