@@ -34,7 +34,8 @@ def test_reductions_and_saturating_margin():
     torch.testing.assert_close(ZRewardLoss(scorer, reduction="sum")(images, PROMPTS), -reward.sum())
     margin = float(reward.max()) - 1e-3  # one image above the margin (zero loss), one below
     per_image = ZRewardLoss(scorer, reduction="none", margin=margin)(images, PROMPTS)
-    torch.testing.assert_close(per_image, torch.relu(margin - reward))
+    by_hand = [margin - r if r < margin else 0.0 for r in reward.tolist()]  # ReFL's φ(r) = max(0, margin − r)
+    torch.testing.assert_close(per_image, torch.tensor(by_hand), atol=1e-6, rtol=1e-6)
     assert (per_image == 0).sum() == 1
 
 

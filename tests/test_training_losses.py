@@ -365,8 +365,8 @@ def test_gdso_two_ppo_epochs_take_an_inner_step_and_weigh_the_reference_kl(tiny_
     logged loss is L_PG + λ_pt L_pt + λ_gap L_gap + β_KL · k3 / tokens, each recomputed from `unit_terms` at the
     updated model against the first epoch's log-probabilities."""
     config = GDSOConfig(base=tiny_base, output_dir=str(tmp_path), groups_per_step=1, num_rollouts=3,
-                        max_new_tokens=4, ppo_epochs=2, kl_beta=0.5, lr=1e-2, warmup_steps=0, log_with=None,
-                        **SMALL_DATA)
+                        max_new_tokens=4, ppo_epochs=2, kl_beta=0.5, pointwise_weight=0.7, lr=1e-2, warmup_steps=0,
+                        log_with=None, **SMALL_DATA)
     trainer = GDSOTrainer(config)
     rollout = fixed_rollout(trainer)
     trainer.rollouts = lambda *args: {key: value for key, value in rollout.items()}
@@ -379,7 +379,8 @@ def test_gdso_two_ppo_epochs_take_an_inner_step_and_weigh_the_reference_kl(tiny_
 
     terms = trainer.unit_terms(0, rollout, {"log_probs": old})
     assert terms["kl_ref"].item() > 0
-    by_hand = (terms["pg"].item() / max(terms["pg_tokens"], 1.0) + terms["pointwise"].item() / terms["num_rows"]
+    by_hand = (terms["pg"].item() / max(terms["pg_tokens"], 1.0)
+               + config.pointwise_weight * terms["pointwise"].item() / terms["num_rows"]
                + config.gap_weight * terms["gap"].item() / terms["gap_count"]
                + config.kl_beta * terms["kl_ref"].item() / rollout["num_tokens"])
     assert logs["loss"] == pytest.approx(by_hand, rel=1e-4)
