@@ -29,7 +29,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from training.config import parse_args
+from training.config import check_at_least, check_choice, none_if_off, parse_args
 from training.state import CheckpointManager, Progress
 from zreward_diffusers import ZRewardLoss
 
@@ -112,6 +112,15 @@ class RewardFinetuneConfig:
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker (none: off)"})
     mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision"})
 
+    def __post_init__(self):
+        self.log_with = none_if_off(self.log_with)
+        check_choice(self, "method", METHODS)
+        check_choice(self, "judge", ("oracle", "none"))
+        check_choice(self, "mixed_precision", ("no", "fp16", "bf16"))
+        check_at_least(self, 1, "batch_size", "eval_batch_size", "steps", "num_inference_steps", "save_every",
+                       "checkpoints_total_limit", "k", "lv_samples", "lora_rank")
+        check_at_least(self, 0, "eval_every", "early_stopping_patience", "eval_prompts")
+
 
 def load_pipeline(name: str, seed: int = 0):
     if name.startswith("tiny:"):
@@ -160,16 +169,6 @@ def judge_images(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
 
 class RewardFinetuner:
     def __init__(self, config: RewardFinetuneConfig):
-        if config.method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {config.method!r}")
-        if isinstance(config.log_with, str) and config.log_with.lower() in ("", "none", "null"):
-            config.log_with = None
-        if config.judge not in ("oracle", "none"):
-            raise ValueError(f"`judge` must be oracle or none, got {config.judge!r}")
-        for name in ("batch_size", "eval_batch_size"):
-            value = getattr(config, name)
-            if value is not None and value < 1:
-                raise ValueError(f"`{name}` must be at least 1, got {value}")
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir,

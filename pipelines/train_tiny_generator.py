@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from training.config import parse_args
+from training.config import check_at_least, parse_args
 from training.state import CheckpointManager, Progress, loss_curve, replace_directory
 
 from .tiny import tiny_clip_tokenizer
@@ -69,6 +69,10 @@ class GeneratorConfig:
     text_hidden: int = field(default=64, metadata={"help": "text encoder width"})
     save_every: int = field(default=500, metadata={"help": "steps between training states"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and batches"})
+
+    def __post_init__(self):
+        check_at_least(self, 1, "num_groups", "image_size", "vae_steps", "unet_steps", "batch_size", "save_every",
+                       "text_hidden")
 
 
 def world_data(config: GeneratorConfig) -> tuple[torch.Tensor, list[str]]:

@@ -31,3 +31,33 @@ def test_config_loads(path):
 
 def test_every_config_is_checked():
     assert len(CONFIGS) >= 10
+
+
+@pytest.mark.parametrize(("config_class", "field", "value", "message"), [
+    (SFTConfig, "steps", 0, "`steps` must be an integer >= 1"),
+    (SFTConfig, "micro_batch_size", 1.5, "`micro_batch_size` must be an integer >= 1"),
+    (SFTConfig, "mixed_precision", "bf32", "`mixed_precision` must be one of"),
+    (SFTConfig, "checkpoints_total_limit", 0, "`checkpoints_total_limit` must be an integer >= 1"),
+    (GDSOConfig, "num_rollouts", 1, "`num_rollouts` must be an integer >= 2"),
+    (GDSOConfig, "objective", "ppo", "`objective` must be one of"),
+    (OPDConfig, "estimator", "mc", "`estimator` must be one of"),
+    (RISDConfig, "temperature", 0.0, "`temperature` must be positive"),
+    (RISDConfig, "target_samples", 9, r"`target_samples` must lie in \[1, num_samples=8\]"),
+    (RISDClipConfig, "init", "ViT-B-32", "`init` must be tiny or"),
+    (RISDClipConfig, "steps", -1, "`steps` must be an integer >= 1"),
+    (RewardFinetuneConfig, "method", "ppo", "`method` must be one of"),
+    (RewardFinetuneConfig, "batch_size", 0, "`batch_size` must be an integer >= 1"),
+    (PretrainBaseConfig, "batch_size", 0, "`batch_size` must be an integer >= 1"),
+    (PretrainBaseConfig, "vision_head", "max", "`vision_head` must be one of"),
+])
+def test_bad_settings_are_refused_when_the_config_is_built(config_class, field, value, message):
+    """Validation lives in each config's `__post_init__`: a bad value is refused before any work, by name, whether
+    it comes from Python, a YAML file or the command line."""
+    with pytest.raises(ValueError, match=message):
+        config_class(**{field: value})
+    with pytest.raises(ValueError, match=message):
+        load_config(config_class, overrides={field: value})
+
+
+def test_none_switches_the_tracker_off():
+    assert SFTConfig(log_with="none").log_with is None and RewardFinetuneConfig(log_with="None").log_with is None

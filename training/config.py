@@ -96,6 +96,25 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def check_at_least(config, minimum: int, *names: str) -> None:
+    """Raise a `ValueError` naming the first of `names` whose value on `config` is below `minimum` (None passes)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(config, name: str, choices) -> None:
+    """Raise a `ValueError` naming `name` unless its value on `config` is one of `choices`."""
+    if getattr(config, name) not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {getattr(config, name)!r}")
+
+
+def none_if_off(value):
+    """`log_with` and the like: "none", "null" or "" (from YAML or the command line) mean off."""
+    return None if isinstance(value, str) and value.lower() in ("", "none", "null") else value
+
+
 def field_groups(cls) -> dict[str, list[str]]:
     """The config's fields by concern, for `--help`: each class in the MRO may declare `help_groups`, a mapping of
     heading to field names (a subclass adds fields to a parent's heading or new headings); fields no class lists go

@@ -39,6 +39,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from .config import check_at_least, check_choice
 from .data import labelled_groups, step_rng
 from .objectives import (
     clipped_policy_loss,
@@ -103,6 +104,12 @@ class GDSOConfig(RewardTrainingConfig):
     target_epsilon: float = field(default=0.1, metadata={"help": "histogram smoothing weight of the soft target"})
     target_sigma: float = field(default=0.5, metadata={"help": "std of the soft target's Gaussian"})
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(self, "objective", OBJECTIVES)
+        check_at_least(self, 2, "num_rollouts")  # advantages are relative to the group
+        check_at_least(self, 1, "ppo_epochs", "groups_per_step", "max_new_tokens")
+
 
 def unit_seed(seed: int, step: int, unit: int, stream: int = 0) -> int:
     """A 63-bit seed for one sampling call, a function of (seed, step, unit, stream) only."""
@@ -114,12 +121,6 @@ class GDSOTrainer(RewardTrainer):
     config_class = GDSOConfig
 
     def __init__(self, config: GDSOConfig):
-        if config.objective not in OBJECTIVES:
-            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {config.objective!r}")
-        if config.num_rollouts < 2:
-            raise ValueError(f"`num_rollouts` must be at least 2 (advantages are relative), got {config.num_rollouts}")
-        if config.ppo_epochs < 1:
-            raise ValueError(f"`ppo_epochs` must be at least 1, got {config.ppo_epochs}")
         self.name = config.objective
         super().__init__(config)
         self.units = labelled_groups(self.train_set, self.dimensions)

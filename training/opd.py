@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import torch
 
+from .config import check_at_least, check_choice
 from .data import step_rng
 from .gdso import unit_seed
 from .objectives import reverse_kl_exact, reverse_kl_reinforce
@@ -56,6 +57,11 @@ class OPDConfig(RewardTrainingConfig):
     batch_size: int = field(default=32, metadata={"help": "inputs per step over all processes"})
     lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(self, "estimator", ESTIMATORS)
+        check_at_least(self, 1, "num_samples", "batch_size")
+
 
 class OPDTrainer(RewardTrainer):
     name = "opd"
@@ -63,8 +69,6 @@ class OPDTrainer(RewardTrainer):
     config_class = OPDConfig
 
     def __init__(self, config: OPDConfig):
-        if config.estimator not in ESTIMATORS:
-            raise ValueError(f"`estimator` must be one of {ESTIMATORS}, got {config.estimator!r}")
         super().__init__(config)
         teacher, processor, _ = load_base(config.teacher, config.trust_remote_code)
         if processor.tokenizer.get_vocab() != self.processor.tokenizer.get_vocab():

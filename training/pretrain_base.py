@@ -58,7 +58,7 @@ from zreward_diffusers.synthetic.grammar import BACKGROUND_COLOURS, COUNT_WORDS,
 from zreward_diffusers.testing import tiny_config, tiny_processor
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
-from .config import parse_args
+from .config import check_at_least, parse_args
 from .state import Progress, latest_checkpoint, loss_curve, replace_directory, start_or_resume
 from .vision_attention import batched_vision_attention
 from .vision_stage import HEADS, train_vision
@@ -203,6 +203,14 @@ class PretrainBaseConfig:
     render_workers: int = field(
         default=2, metadata={"help": "processes rendering stage 0's image pool (1: in this process)"}
     )
+
+    def __post_init__(self):
+        check_patch_size(self)
+        check_stage_settings(self)
+        check_at_least(self, 1, "steps", "batch_size", "micro_batch_size", "questions_per_image", "save_every",
+                       "log_every", "eval_batch_size", "checkpoints_total_limit", "num_train_images",
+                       "num_eval_images", "vision_batch_size")
+        check_at_least(self, 0, "vision_steps", "warmup_steps", "eval_every")
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -762,8 +770,6 @@ def check_stage_settings(config: PretrainBaseConfig) -> None:
 
 def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     """Build the data and tokenizer, train every model of `config.models`; returns `{name: metrics + losses}`."""
-    check_patch_size(config)  # before the data, which takes minutes
-    check_stage_settings(config)
     accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir)
     world = SyntheticWorld(config.world_seed, WorldConfig(image_size=config.image_size))
     group_size = world.config.group_size

@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from .config import check_at_least
 from .data import step_rng
 from .objectives import huber, kl_to_target, soft_target
 from .sequences import Row, forward_rows
@@ -77,6 +78,15 @@ class RISDConfig(RewardTrainingConfig):
                 "tokens); false: against the softmax over the K score tokens"})
     lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_at_least(self, 1, "num_samples", "groups_per_step", "cache_chunk_size", "teacher_max_new_tokens")
+        if self.target_samples is not None and not 1 <= self.target_samples <= self.num_samples:
+            raise ValueError(f"`target_samples` must lie in [1, num_samples={self.num_samples}], "
+                             f"got {self.target_samples}")
+        if not self.temperature > 0:
+            raise ValueError(f"`temperature` must be positive, got {self.temperature}")
+
 
 def load_teacher_targets(config, train_set, train_bank, dimensions, rubric, accelerator):
     """`({(record_id, dimension): q̄}, cache directory)` for a RISD-style config (`teacher`, `cache_dir`,
@@ -116,13 +126,6 @@ class RISDTrainer(RewardTrainer):
     config_class = RISDConfig
 
     def __init__(self, config: RISDConfig):
-        if config.num_samples < 1:
-            raise ValueError(f"`num_samples` must be at least 1, got {config.num_samples}")
-        if config.target_samples is not None and not 1 <= config.target_samples <= config.num_samples:
-            raise ValueError(f"`target_samples` must lie in [1, num_samples={config.num_samples}], "
-                             f"got {config.target_samples}")
-        if config.temperature <= 0:
-            raise ValueError(f"`temperature` must be positive, got {config.temperature}")
         super().__init__(config)
         self.targets = self.teacher_targets()
         groups = [records for records in self.train_set.groups().values() if len(records) >= 2]

@@ -32,7 +32,7 @@ from zreward_diffusers.clip_student import ClipStudentScorer
 from zreward_diffusers.evaluation import evaluate_probs
 from zreward_diffusers.rubric import Rubric
 
-from .config import parse_args
+from .config import check_at_least, parse_args
 from .data import DataSpec, ImageBank, load_split, step_rng
 from .objectives import huber, kl_to_target, soft_target
 from .risd import load_teacher_targets
@@ -85,6 +85,12 @@ class RISDClipConfig:
     resume: bool = field(default=False, metadata={
         "help": "continue from the newest complete checkpoint in <output_dir>/checkpoints (none there: start)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and batches"})
+
+    def __post_init__(self):
+        if self.init != "tiny" and "@" not in self.init:
+            raise ValueError(f"`init` must be tiny or <open_clip arch>@<local weights file>, got {self.init!r}")
+        check_at_least(self, 1, "steps", "save_every", "groups_per_step", "num_samples", "cache_chunk_size",
+                       "teacher_max_new_tokens", "checkpoints_total_limit")
 
 
 def build_student(init: str, seed: int) -> ClipStudentScorer:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .config import parse_args
+from .config import check_at_least, parse_args
 from .data import step_rng
 from .objectives import bradley_terry_loss, rewarddance_loss
 from .sequences import Row, RowEncoder, forward_rows
@@ -50,6 +50,10 @@ class ScalarConfig(RewardTrainingConfig):
 
     batch_size: int = field(default=32, metadata={"help": "pairs (BT) or rows (RewardDance) per step, all processes"})
     micro_batch_size: int = field(default=32, metadata={"help": "rows per forward pass"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_at_least(self, 1, "batch_size", "micro_batch_size")
 
 
 class ScalarTrainer(RewardTrainer):

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import torch
 
+from .config import check_at_least
 from .data import step_rng
 from .objectives import kl_to_target, soft_target
 from .sequences import Row, forward_rows
@@ -52,6 +53,10 @@ class SFTConfig(RewardTrainingConfig):
                 "-log of the score-token mass); false: against the softmax over the K score tokens only"})
     target_epsilon: float = field(default=0.1, metadata={"help": "histogram smoothing weight of the soft target"})
     target_sigma: float = field(default=0.5, metadata={"help": "std of the soft target's Gaussian"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_at_least(self, 1, "batch_size", "micro_batch_size")
 
 
 class SFTTrainer(RewardTrainer):

@@ -34,6 +34,7 @@ from zreward_diffusers.evaluation import dataset_targets, evaluate_probs
 from zreward_diffusers.metrics import pairwise_accuracy_from_pairs
 from zreward_diffusers.rubric import Rubric
 
+from .config import check_at_least, check_choice, none_if_off
 from .data import DataSpec, ImageBank, load_split
 from .model_card import model_card, write_model_card
 from .sequences import Row, RowEncoder, forward_rows, sample_reasoning
@@ -90,6 +91,13 @@ class RewardTrainingConfig:
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker (none: off)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code of the base"})
 
+    def __post_init__(self):
+        self.log_with = none_if_off(self.log_with)
+        check_choice(self, "mixed_precision", ("no", "fp16", "bf16"))
+        check_at_least(self, 1, "steps", "save_every", "log_every", "eval_batch_size", "eval_num_samples",
+                       "eval_max_new_tokens", "checkpoints_total_limit")
+        check_at_least(self, 0, "warmup_steps", "eval_every")
+
 
 def load_base(path: str, trust_remote_code: bool = False):
     """`(model, processor, rubric)` from a Hugging Face checkpoint or a Z-Reward checkpoint (its adapter merged)."""
@@ -114,8 +122,6 @@ class RewardTrainer:
     config_class = RewardTrainingConfig
 
     def __init__(self, config: RewardTrainingConfig):
-        if isinstance(config.log_with, str) and config.log_with.lower() in ("", "none", "null"):
-            config.log_with = None
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir,
