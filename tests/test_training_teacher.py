@@ -449,7 +449,7 @@ def test_teacher_command_runs_sft_then_gdso_from_its_model(tiny_base, tmp_path):
     assert str(out / "sft" / "model") in (out / "gdso" / "model" / "README.md").read_text()  # GDSO's base
     for stage in ("sft", "gdso"):
         loss = ZRewardLoss.from_pretrained(out / stage / "model")
-        out = loss.score(torch.rand(1, 3, 56, 56), ["a red circle"], reasoning=[["I see a circle."] * 4])
-        assert out.probs.shape == (1, 4, 9)
+        scored = loss.score(torch.rand(1, 3, 56, 56), ["a red circle"], reasoning=[["I see a circle."] * 4])
+        assert scored.probs.shape == (1, 4, 9)
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and second.stderr.count("done already") == 2, second.stderr[-4000:]
