@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from training.pretrain_base import EVAL_CANDIDATES, Encoder, is_clean, name_attributes, true_answer
+from training.pretrain_base import Encoder, name_attributes
 from zreward_diffusers.synthetic import Scene, SyntheticWorld
 from zreward_diffusers.synthetic.grammar import SHAPES
+from zreward_diffusers.synthetic.questions import EVAL_CANDIDATES, is_clean, true_answer
 from zreward_diffusers.synthetic.render import render
 
 ATTRIBUTES = ("colour", "shape", "count")

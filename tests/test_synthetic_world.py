@@ -1,4 +1,4 @@
-"""The synthetic world: grammar, renderer, oracle, annotator panel, rationales, determinism."""
+"""The synthetic world: grammar, renderer, oracle, annotator panel, rationales, questions, determinism."""
 
 import dataclasses
 
@@ -223,3 +223,47 @@ def test_ideal_observer_names_the_shape_from_pixels_only_when_the_shape_is_drawn
     scene = items[0].scene
     named = {ideal_observer_shape(dataclasses.replace(scene, shape=shape), blank) for shape in SHAPES}
     assert len(named) == 1
+
+
+def test_questions_are_answered_from_the_true_scene():
+    from zreward_diffusers.synthetic.questions import (
+        EVAL_CANDIDATES,
+        conversation,
+        evaluated_question,
+        is_clean,
+        true_answer,
+    )
+
+    items = SyntheticWorld(seed=0).generate(64)
+    for item in items:  # every evaluated answer is one of the candidates
+        assert all(true_answer(name, item.scene) in candidates for name, candidates in EVAL_CANDIDATES.items())
+    assert evaluated_question("colour") == "What colour are the objects?"
+    assert true_answer("colour", items[0].scene) == items[0].scene.colour
+    assert is_clean(perfect_scene(SPEC, np.random.default_rng(0)))
+    assert not is_clean(dataclasses.replace(perfect_scene(SPEC, np.random.default_rng(0)), blur=1.0))
+    # "Describe the image." gives the others away: asked alone; otherwise three distinct question types
+    rng = np.random.default_rng(0)
+    weights = {"colour": 1, "shape": 1, "count": 1, "describe": 1}
+    lengths = set()
+    for item in items:
+        turns = conversation(item, weights, 3, rng)
+        if turns[0][0] == "Describe the image.":
+            assert turns == [("Describe the image.", describe(item.scene))]
+        else:
+            assert len({question for question, _ in turns}) == 3 and "Describe the image." not in dict(turns)
+        lengths.add(len(turns))
+    assert lengths == {1, 3}
+    with pytest.raises(ValueError, match="unknown `task_weights` keys"):
+        conversation(items[0], {"bogus": 1}, 2, rng)
+
+
+def test_parallel_rendering_does_not_depend_on_the_workers():
+    from zreward_diffusers.synthetic.parallel import render_world
+
+    items = [item for group in SyntheticWorld(seed=0).groups(3, start=2) for item in group.items][:9]
+    assert [item.record_id for item in render_world(0, 56, 2, 9, workers=1)] == [item.record_id for item in items]
+    images, scenes = render_world(0, 56, 2, 9, workers=2, items=False)
+    assert images.dtype == np.uint8 and np.array_equal(images, np.stack([item.image for item in items]))
+    assert scenes == [item.scene for item in items]
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        render_world(0, 56, 2, 9, workers=0)

@@ -1,11 +1,11 @@
 """Pretrain the world's base VLMs: tiny Qwen2-VL students and teachers that can name what the world's images show.
 
 A from-scratch tiny VLM does not learn to compare its prompt with its image from score labels alone
-(docs/design.md, 'The synthetic world');
-real VLMs arrive pretrained, and so must ours. This entry point builds one tokenizer on the world's text (prompts,
-descriptions, rationales, the questions below and the rubric's wording), shared by all models, then trains each
-model in `config.models` from scratch on chat-formatted conversations about one image (image first), whose answers
-are written from the image's true scene: several short questions (object colour, shape and count, background
+(docs/design.md, 'The synthetic world'); real VLMs arrive pretrained, and so must ours. This entry point builds one
+tokenizer on the world's text (prompts, descriptions, rationales, the world's questions and the rubric's wording),
+shared by all models, then trains each model in `config.models` from scratch on chat-formatted conversations about
+one image (image first), whose answers are written from the image's true scene
+(`zreward_diffusers.synthetic.questions`): several short questions (object colour, shape and count, background
 colour, sun side, shadow direction, floating objects, degradations), or one long answer ("What is in the image?",
 "Describe the image." → `describe(scene)`, and the rubric's own questions answered with the description — never
 with a score: scores are learned later). The loss is the language-model loss on the answer tokens only, each
@@ -36,10 +36,7 @@ import contextlib
 import json
 import logging
 import math
-import multiprocessing
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
@@ -52,9 +49,16 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor
 
 from zreward_diffusers.preprocessing import QwenVLImageTransform
-from zreward_diffusers.rubric import Rubric
-from zreward_diffusers.synthetic import DIMENSIONS, Scene, SyntheticWorld, WorldConfig, describe
-from zreward_diffusers.synthetic.grammar import BACKGROUND_COLOURS, COUNT_WORDS, OBJECT_COLOURS, SHAPES
+from zreward_diffusers.synthetic import Scene, SyntheticWorld, WorldConfig
+from zreward_diffusers.synthetic.parallel import check_render_workers, render_world
+from zreward_diffusers.synthetic.questions import (
+    EVAL_CANDIDATES,
+    conversation,
+    corpus,
+    evaluated_question,
+    is_clean,
+    true_answer,
+)
 from zreward_diffusers.testing import tiny_config, tiny_processor
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
@@ -213,115 +217,26 @@ class PretrainBaseConfig:
         check_at_least(self, 0, "vision_steps", "warmup_steps", "eval_every")
 
 
-# ------------------------------------------------------------------------------------------------ tasks
-def _count_word(count: int) -> str:
-    return COUNT_WORDS.get(count, str(count))
+# ------------------------------------------------------------------------------------------------ conversations
+def sample_batch(items, step: int, config: PretrainBaseConfig) -> list[tuple[int, list[tuple[str, str]]]]:
+    """The rows of step `step`, a function of `(config.seed, step)` only: `(image index, [(question, answer)])`.
+
+    A row is a conversation about one image (`questions.conversation`): a question type drawn by `task_weights`,
+    then, unless it is one of `questions.ASKED_ALONE`, `questions_per_image - 1` further distinct types (one image
+    encoding serves several answers).
+    """
+    rng = np.random.default_rng([config.seed, step])
+    return [(index, conversation(items[index], config.task_weights, config.questions_per_image, rng))
+            for index in rng.integers(len(items), size=config.batch_size).tolist()]
 
 
-def _yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
-def _shadow_side(scene: Scene) -> str:
-    if scene.shadows == "none":
-        return "there are no shadows"
-    away = "right" if scene.light == "left" else "left"
-    return f"to the {away if scene.shadows == 'consistent' else scene.light}"
-
-
-def _objects(scene: Scene) -> str:
-    return describe(scene).split(".")[0]  # "three red circles on a blue background"
-
-
-# Question types: the wordings of each, with the answer written from the true scene. Answers are lower-case words or
-# phrases. The first wording of colour, shape, count and background is the one evaluated.
-TASKS: dict[str, tuple[tuple[str, Callable[[Scene], str]], ...]] = {
-    "colour": (("What colour are the objects?", lambda s: s.colour),
-               ("Which colour are the shapes?", lambda s: s.colour)),
-    "shape": (("What shape are the objects?", lambda s: s.shape), ("Which shape is drawn?", lambda s: s.shape)),
-    "count": (("How many objects are there?", lambda s: _count_word(s.count)),
-              ("How many shapes do you count?", lambda s: _count_word(s.count)),
-              ("How many objects are there? Answer with a digit.", lambda s: str(s.count))),
-    "background": (("What colour is the background?", lambda s: s.background),),
-    "sun": (("Which side is the sun on?", lambda s: s.light),),
-    "shadows": (("Which way do the shadows fall?", _shadow_side),),
-    "floating": (("How many objects are floating?", lambda s: _count_word(s.floating) if s.floating else "none"),),
-    "blur": (("Is the image blurry?", lambda s: _yes_no(s.blur > 0)),),
-    "noise": (("Is the image noisy?", lambda s: _yes_no(s.noise > 0)),),
-    "compression": (("Does the image show compression artefacts?", lambda s: _yes_no(s.compression > 0)),),
-    "cast": (("Does the image have a colour cast?", lambda s: _yes_no(s.cast_strength > 0)),),
-    "crop": (("Is the image cropped?", lambda s: _yes_no(s.crop > 0)),),
-    "overlap": (("Do any objects overlap?", lambda s: _yes_no(s.overlap)),),
-    "objects": (("What is in the image?", _objects),),
-    "describe": (("Describe the image.", describe),),
-}
-# The rubric's question for the image's prompt and a random dimension, answered with the description (no score).
-RUBRIC_TASK = "rubric"
-# Question types whose answer gives the others away: asked alone, never in a conversation with other questions.
-ASKED_ALONE = ("objects", "describe", RUBRIC_TASK)
-
-# Attributes evaluated on held-out images: the candidate answers of each (every value the world can show).
-EVAL_CANDIDATES = {
-    "colour": OBJECT_COLOURS,
-    "shape": SHAPES,
-    "count": tuple(_count_word(n) for n in range(6)),
-    "background": BACKGROUND_COLOURS,
-}
-
-
+# ------------------------------------------------------------------------------------------------ encoding
 def user_messages(question: str, with_image: bool = True) -> list[dict]:
     """A user turn; the first one of a conversation shows the image before the question, as the rubric does."""
     content = [{"type": "image"}] if with_image else []
     return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
 
 
-def _ask(name: str, item, rng: np.random.Generator) -> tuple[str, str]:
-    if name == RUBRIC_TASK:
-        messages = Rubric().messages(item.prompt, DIMENSIONS[int(rng.integers(len(DIMENSIONS)))])
-        return messages[0]["content"][-1]["text"], describe(item.scene)
-    wordings = TASKS[name]
-    question, answer = wordings[int(rng.integers(len(wordings)))]
-    return question, answer(item.scene)
-
-
-def sample_batch(items, step: int, config: PretrainBaseConfig) -> list[tuple[int, list[tuple[str, str]]]]:
-    """The rows of step `step`, a function of `(config.seed, step)` only: `(image index, [(question, answer)])`.
-
-    A row is a conversation about one image: a question type drawn by `task_weights`, then, unless it is one of
-    `ASKED_ALONE`, `questions_per_image - 1` further distinct types (one image encoding serves several answers).
-    """
-    names = list(config.task_weights)
-    unknown = sorted(set(names) - set(TASKS) - {RUBRIC_TASK})
-    if unknown:
-        raise ValueError(f"unknown `task_weights` keys {unknown}; known: {sorted(TASKS) + [RUBRIC_TASK]}")
-    weights = np.array([config.task_weights[name] for name in names], dtype=np.float64)
-    rng = np.random.default_rng([config.seed, step])
-    rows = []
-    for index in rng.integers(len(items), size=config.batch_size).tolist():
-        first = int(rng.choice(len(names), p=weights / weights.sum()))
-        chosen = [first]
-        if names[first] not in ASKED_ALONE:
-            others = [i for i, name in enumerate(names) if i != first and name not in ASKED_ALONE and weights[i] > 0]
-            size = min(config.questions_per_image - 1, len(others))
-            if size:
-                p = weights[others] / weights[others].sum()
-                chosen += rng.choice(others, size=size, replace=False, p=p).tolist()
-        rows.append((index, [_ask(names[i], items[index], rng) for i in chosen]))
-    return rows
-
-
-def corpus(items) -> list[str]:
-    """Text the shared tokenizer is trained on: the world's prompts, descriptions, rationales and our questions."""
-    rubric = Rubric()
-    texts = [item.prompt for item in items] + [item.description for item in items]
-    texts += [rationale for item in items for rationale in item.rationales.values()]
-    texts += [rubric.messages(item.prompt, d)[0]["content"][-1]["text"] for item in items[:64] for d in DIMENSIONS]
-    texts += [question for wordings in TASKS.values() for question, _ in wordings]
-    texts += [answer(item.scene) for item in items for wordings in TASKS.values() for _, answer in wordings]
-    return texts
-
-
-# ------------------------------------------------------------------------------------------------ encoding
 class Encoder:
     """Turns rows `(image index, [(question, answer), ...])` into model inputs, as the official processor builds them.
 
@@ -439,11 +354,6 @@ def train_step(model, encoder: Encoder, rows, accelerator: Accelerator, micro_ba
     return total
 
 
-def is_clean(scene: Scene) -> bool:
-    """No degradation: neither blur, noise, compression, colour cast nor crop."""
-    return not (scene.blur or scene.noise or scene.compression or scene.cast_strength or scene.crop)
-
-
 @torch.no_grad()
 def name_attributes(model, encoder: Encoder, indices: list[int], batch_size: int, device=None) -> dict[str, list[str]]:
     """The answer the model gives for each attribute of `EVAL_CANDIDATES` on images `indices` of `encoder.images`:
@@ -455,7 +365,7 @@ def name_attributes(model, encoder: Encoder, indices: list[int], batch_size: int
     device = device or next(model.parameters()).device
     answers = {}
     for attribute, candidates in EVAL_CANDIDATES.items():
-        question, _ = TASKS[attribute][0]
+        question = evaluated_question(attribute)
         candidate_ids = [encoder.single_token_id(candidate) for candidate in candidates]
         answers[attribute] = []
         for start in range(0, len(indices), batch_size):
@@ -466,11 +376,6 @@ def name_attributes(model, encoder: Encoder, indices: list[int], batch_size: int
             scores = logits[torch.arange(len(rows)), last][:, candidate_ids]  # (B, C); softmax keeps the argmax
             answers[attribute] += [candidates[p] for p in scores.argmax(dim=1).tolist()]
     return answers
-
-
-def true_answer(attribute: str, scene: Scene) -> str:
-    """The evaluated answer of `attribute` (a key of `EVAL_CANDIDATES`) for `scene`."""
-    return TASKS[attribute][0][1](scene)
 
 
 @torch.no_grad()
@@ -662,60 +567,13 @@ def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accel
     return dict(metrics, losses=losses)
 
 
-def check_render_workers(workers) -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`render_workers` must be a positive integer, got {workers!r}")
-
-
-def _render_groups(seed: int, image_size: int, start: int, stop: int, items: bool):
-    """The world's groups `start` to `stop` - 1 (a worker of `render_world`): their items, or, without `items`, only
-    their images stacked and their scenes (less to send back)."""
-    world = SyntheticWorld(seed, WorldConfig(image_size=image_size))
-    rendered = [item for group in world.groups(stop - start, start=start) for item in group.items]
-    if items:
-        return rendered
-    return np.stack([item.image for item in rendered]), [item.scene for item in rendered]
-
-
-def render_world(seed: int, image_size: int, start_group: int, num_images: int, workers: int = 1, items: bool = True,
-                 desc: str = "world images"):
-    """The first `num_images` items of the world's groups from `start_group` on, rendered by `workers` processes
-    (each group is a function of the world's seed and its index, so the result does not depend on `workers`).
-
-    Returns the `SyntheticItem`s, or without `items` the images `(N, H, W, 3)` uint8 and their scenes.
-    """
-    check_render_workers(workers)
-    if num_images == 0:
-        return [] if items else (torch.zeros(0, image_size, image_size, 3, dtype=torch.uint8), [])
-    group_size = WorldConfig(image_size=image_size).group_size
-    num_groups = math.ceil(num_images / group_size)
-    bounds = np.linspace(start_group, start_group + num_groups, min(num_groups, 16 * workers) + 1).round()
-    chunks = [(seed, image_size, int(a), int(b), items) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    progress = tqdm(total=num_groups * group_size, desc=desc, unit="img")
-    parts = []
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            # forked where the platform can (no `if __name__ == "__main__"` needed in a caller's script; the workers
-            # use numpy only, no torch threads), else spawned
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)))
-            rendered = pool.map(_render_groups, *zip(*chunks, strict=True))
-        else:
-            rendered = (_render_groups(*chunk) for chunk in chunks)
-        for part in rendered:
-            parts.append(part)
-            progress.update(len(part) if items else len(part[0]))
-    progress.close()
-    if items:
-        return [item for part in parts for item in part][:num_images]
-    images = np.concatenate([images for images, _ in parts])[:num_images]
-    return torch.from_numpy(images), [scene for _, scenes in parts for scene in scenes][:num_images]
-
-
+# ------------------------------------------------------------------------------------------------ world data
 def render_pool(seed: int, image_size: int, start_group: int, num_images: int,
                 workers: int = 1) -> tuple[torch.Tensor, list[Scene]]:
     """Stage 0's pool: `render_world` without the items, images `(N, H, W, 3)` uint8 and their scenes."""
-    return render_world(seed, image_size, start_group, num_images, workers, items=False, desc="stage-0 images")
+    images, scenes = render_world(seed, image_size, start_group, num_images, workers, items=False,
+                                  desc="stage-0 images")
+    return torch.from_numpy(images), scenes
 
 
 def pool_from_train(config: PretrainBaseConfig, num_train_images: int) -> int:
@@ -737,6 +595,7 @@ def world_groups(config: PretrainBaseConfig, stage_0: bool) -> dict:
     return used
 
 
+# ------------------------------------------------------------------------------------------------ config checks
 def check_patch_size(config: PretrainBaseConfig) -> None:
     """`patch_size` is a positive integer that no model's `vision_config` contradicts (the processor is shared)."""
     if isinstance(config.patch_size, bool) or not isinstance(config.patch_size, int) or config.patch_size < 1:
@@ -768,6 +627,7 @@ def check_stage_settings(config: PretrainBaseConfig) -> None:
     check_render_workers(config.render_workers)
 
 
+# ------------------------------------------------------------------------------------------------ entry point
 def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     """Build the data and tokenizer, train every model of `config.models`; returns `{name: metrics + losses}`."""
     accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir)
