@@ -111,8 +111,10 @@ def plot(rows: list[dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", type=Path, default=TABLE)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/figures/base_frontier.png"))
+    recorded = parser.add_argument_group("Input")
+    output = parser.add_argument_group("Output")
+    recorded.add_argument("--table", type=Path, default=TABLE)
+    output.add_argument("--out", type=Path, default=Path("benchmarks/figures/base_frontier.png"))
     args = parser.parse_args(argv)
     plot(read_rows(args.table), args.out)
     print(f"wrote {args.out}")

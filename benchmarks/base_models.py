@@ -87,14 +87,16 @@ def check_unseen(model: str, world_seed: int, start: int, stop: int) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["runs/base/teacher", "runs/base/student"])
-    parser.add_argument("--num_images", type=int, default=1024)
-    # Groups from 20,000 lie inside the shipped stage-0 pool (groups 2,176-51,327): its towers have seen them.
-    parser.add_argument("--start_group", type=int, default=1_000_000)
-    parser.add_argument("--world_seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--out", default="runs/benchmarks/base_models.json")
-    parser.add_argument("--ideal_observer", action="store_true", help="add the ideal observer's shape accuracy")
+    measured = parser.add_argument_group("Measurement")
+    output = parser.add_argument_group("Output")
+    measured.add_argument("--models", nargs="+", default=["runs/base/teacher", "runs/base/student"])
+    measured.add_argument("--num_images", type=int, default=1024)
+      # Groups from 20,000 lie inside the shipped stage-0 pool (groups 2,176-51,327): its towers have seen them.
+    measured.add_argument("--start_group", type=int, default=1_000_000)
+    measured.add_argument("--world_seed", type=int, default=0)
+    measured.add_argument("--batch_size", type=int, default=64)
+    output.add_argument("--out", default="runs/benchmarks/base_models.json")
+    measured.add_argument("--ideal_observer", action="store_true", help="add the ideal observer's shape accuracy")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error(f"--num_images must be positive, got {args.num_images}")

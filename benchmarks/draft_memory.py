@@ -68,14 +68,15 @@ def measure(k: int, steps: int, size: int, checkpoint: bool, repeats: int) -> di
             "seconds": round(float(np.mean(seconds)), 3), "device": "cuda" if cuda else "cpu"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--ks", type=int, nargs="+", default=None)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    measured = parser.add_argument_group("Measurement")
+    measured.add_argument("--steps", type=int, default=20)
+    measured.add_argument("--size", type=int, default=64)
+    measured.add_argument("--ks", type=int, nargs="+", default=None)
+    measured.add_argument("--repeats", type=int, default=2)
+    measured.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     if args.one:  # child process: one configuration
         k, checkpoint = args.one.split(",")
         print(json.dumps(measure(int(k), args.steps, args.size, checkpoint == "1", args.repeats)))

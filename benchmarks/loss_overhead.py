@@ -341,17 +341,19 @@ def percent(share: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few repeats, for a smoke run (numbers are noisy)")
-    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/loss_overhead.json"))
-    parser.add_argument(
-        "--loss-repeats",
-        type=int,
-        default=None,
-        help="timed repeats of (a), small backbone; 5x that on the tiny one (default 9, quick 2)",
-    )
-    parser.add_argument(
-        "--preprocess-repeats", type=int, default=None, help="timed repeats of (b) (default 30, quick 3)"
-    )
+    measured = parser.add_argument_group("Measurement")
+    output = parser.add_argument_group("Output")
+    measured.add_argument("--quick", action="store_true", help="few repeats, for a smoke run (numbers are noisy)")
+    output.add_argument("--out", type=Path, default=Path("runs/benchmarks/loss_overhead.json"))
+    measured.add_argument(
+          "--loss-repeats",
+          type=int,
+          default=None,
+          help="timed repeats of (a), small backbone; 5x that on the tiny one (default 9, quick 2)",
+      )
+    measured.add_argument(
+          "--preprocess-repeats", type=int, default=None, help="timed repeats of (b) (default 30, quick 3)"
+      )
     args = parser.parse_args(argv)
     # The tiny and small backbones are random: the scorer's one-time "score tokens hold little mass" warning and
     # the library's scalar read of the image range check are expected here and would only clutter the table.

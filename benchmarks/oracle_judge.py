@@ -216,10 +216,12 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-items", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--quick", action="store_true", help="400 items, one timing repeat")
-    parser.add_argument("--out", default="runs/benchmarks/oracle_judge.json")
+    measured = parser.add_argument_group("Measurement")
+    output = parser.add_argument_group("Output")
+    measured.add_argument("--num-items", type=int, default=2000)
+    measured.add_argument("--seed", type=int, default=123)
+    measured.add_argument("--quick", action="store_true", help="400 items, one timing repeat")
+    output.add_argument("--out", default="runs/benchmarks/oracle_judge.json")
     args = parser.parse_args(argv)
     n = 400 if args.quick else args.num_items
     repeats = 1 if args.quick else 3

@@ -26,15 +26,17 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="runs/teacher/gdso/model")
-    parser.add_argument("--student", default="runs/student_risd/model")
-    parser.add_argument("--clip_student", default="runs/student_risd_clip/model")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    models = parser.add_argument_group("Models")
+    measured = parser.add_argument_group("Measurement")
+    models.add_argument("--teacher", default="runs/teacher/gdso/model")
+    models.add_argument("--student", default="runs/student_risd/model")
+    models.add_argument("--clip_student", default="runs/student_risd_clip/model")
+    measured.add_argument("--batch_size", type=int, default=16)
+    measured.add_argument("--max_new_tokens", type=int, default=96)
+    measured.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
     items = SyntheticWorld(0).generate(args.batch_size)
     images = torch.stack([torch.from_numpy(item.image).permute(2, 0, 1) for item in items]).float() / 255

@@ -30,15 +30,17 @@ VARIANTS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="runs/teacher/gdso/model")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--ablation_seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--out", default="runs/benchmarks/student_table")
-    args = parser.parse_args()
+    measured = parser.add_argument_group("Measurement")
+    output = parser.add_argument_group("Output")
+    measured.add_argument("--teacher", default="runs/teacher/gdso/model")
+    measured.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    measured.add_argument("--ablation_seeds", type=int, nargs="+", default=[0])
+    measured.add_argument("--steps", type=int, default=400)
+    output.add_argument("--out", default="runs/benchmarks/student_table")
+    args = parser.parse_args(argv)
     started = time.perf_counter()
     teacher_metrics = json.loads((Path(args.teacher).parent / "metrics.json").read_text())
     results = {name: [] for name in VARIANTS}

@@ -36,10 +36,12 @@ def _run(args: list[str]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=20000)
-    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate the random model on fewer images")
-    parser.add_argument("--out", default="runs/benchmarks/synthetic_world")
-    parser.add_argument("--reuse-eval", action="store_true", help="keep an existing eval report of the random model")
+    measured = parser.add_argument_group("Measurement")
+    output = parser.add_argument_group("Output")
+    measured.add_argument("--n", type=int, default=20000)
+    measured.add_argument("--eval-limit", type=int, default=None, help="evaluate the random model on fewer images")
+    output.add_argument("--out", default="runs/benchmarks/synthetic_world")
+    measured.add_argument("--reuse-eval", action="store_true", help="keep an existing eval report of the random model")
     args = parser.parse_args(argv)
     out = Path(args.out)
     data, tiny, report_dir = out / "data", out / "tiny", out / "eval-tiny"

@@ -59,16 +59,18 @@ def seed_runs(seed: int, args) -> dict[str, dict]:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--sft_steps", type=int, default=400)
-    parser.add_argument("--rl_steps", type=int, default=100)
-    parser.add_argument("--train_groups", type=int, default=2048)
-    parser.add_argument("--eval_groups", type=int, default=64)
-    parser.add_argument("--out", default="runs/benchmarks/teacher_table")
-    args = parser.parse_args()
+    measured = parser.add_argument_group("Measurement")
+    output = parser.add_argument_group("Output")
+    measured.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    measured.add_argument("--sft_steps", type=int, default=400)
+    measured.add_argument("--rl_steps", type=int, default=100)
+    measured.add_argument("--train_groups", type=int, default=2048)
+    measured.add_argument("--eval_groups", type=int, default=64)
+    output.add_argument("--out", default="runs/benchmarks/teacher_table")
+    args = parser.parse_args(argv)
     started = time.perf_counter()
     table = {method: [] for method in METHODS}
     for seed in args.seeds:

@@ -24,6 +24,16 @@ ENTRY_POINTS = {
     "pipelines.train_tiny_generator": ("Data", "Model", "Optimisation"),
     "pipelines.judging": ("Compared generators", "Judging", "Output"),
     "pipelines.demo": ("Run", "Output"),
+    "benchmarks.base_frontier": ("Input", "Output"),
+    "benchmarks.base_models": ("Measurement", "Output"),
+    "benchmarks.draft_memory": ("Measurement",),
+    "benchmarks.loss_overhead": ("Measurement", "Output"),
+    "benchmarks.oracle_judge": ("Measurement", "Output"),
+    "benchmarks.scoring_throughput": ("Models", "Measurement"),
+    "benchmarks.student_table": ("Measurement", "Output"),
+    "benchmarks.synthetic_world": ("Measurement", "Output"),
+    "benchmarks.teacher_table": ("Measurement", "Output"),
+    "benchmarks.vision_stage_probe": ("Measurement", "Output"),
 }
 
 
@@ -62,3 +72,18 @@ def test_field_groups_refuse_a_field_the_config_lacks():
         field_groups(Example)
     Example.help_groups = {"Optimisation": ("lr",)}
     assert field_groups(Example) == {"Optimisation": ["lr"], "Other": ["seed"]}
+
+
+@pytest.mark.parametrize(("command", "headings"), [("create-tiny", ("Model", "Output")),
+                                                   ("score", ("Model", "Input")),
+                                                   ("eval", ("Model", "Input", "Output"))])
+def test_cli_commands_describe_and_group(command, headings, capsys):
+    from zreward_diffusers.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert len(text.split("\n\n")[1].strip()) > 20  # the description
+    found = re.findall(r"^(\S[^\n]*):$", text, flags=re.M)
+    assert all(heading in found for heading in headings), found

@@ -80,29 +80,39 @@ def _first_groups(dataset, limit: int):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zreward", description="Z-Reward score-distribution reward models")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, title="commands")
 
-    tiny = commands.add_parser("create-tiny", help="write a random tiny student checkpoint of a real architecture")
-    tiny.add_argument("directory")
-    tiny.add_argument("--family", default="qwen2_vl", help="backbone family (default qwen2_vl)")
-    tiny.add_argument("--seed", type=int, default=0)
+    about = "write a random tiny student checkpoint of a real architecture"
+    tiny = commands.add_parser("create-tiny", help=about, description=about)
+    model = tiny.add_argument_group("Model")
+    model.add_argument("--family", default="qwen2_vl", help="backbone family (default qwen2_vl)")
+    model.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    output = tiny.add_argument_group("Output")
+    output.add_argument("directory", help="where the checkpoint is written")
     tiny.set_defaults(func=_create_tiny)
 
-    score = commands.add_parser("score", help="print one JSON line per image: per-dimension distributions")
-    score.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    score.add_argument("--prompt", required=True, action="append", help="the prompt (repeat for one per image)")
-    score.add_argument("--device", default=None)
-    score.add_argument("--batch-size", type=int, default=8)
-    score.add_argument("images", nargs="+", help="image files")
+    about = "print one JSON line per image: per-dimension distributions"
+    score = commands.add_parser("score", help=about, description=about)
+    model = score.add_argument_group("Model")
+    model.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    model.add_argument("--device", default=None, help="torch device (default: where the checkpoint loads, the CPU)")
+    inputs = score.add_argument_group("Input")
+    inputs.add_argument("--prompt", required=True, action="append", help="the prompt (repeat for one per image)")
+    inputs.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    inputs.add_argument("images", nargs="+", help="image files")
     score.set_defaults(func=_score)
 
-    evaluate = commands.add_parser("eval", help="metrics of a model on a dataset: JSON, markdown, reliability PNG")
-    evaluate.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    evaluate.add_argument("--data", required=True, help="dataset directory (ours) or a jsonl/csv/parquet file")
-    evaluate.add_argument("--out", default=None, help="report directory (default runs/eval/<model name>)")
-    evaluate.add_argument("--device", default=None)
-    evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first groups, ~this many images")
+    about = "metrics of a model on a dataset: JSON, markdown, reliability PNG"
+    evaluate = commands.add_parser("eval", help=about, description=about)
+    model = evaluate.add_argument_group("Model")
+    model.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    model.add_argument("--device", default=None, help="torch device (default: where the checkpoint loads, the CPU)")
+    inputs = evaluate.add_argument_group("Input")
+    inputs.add_argument("--data", required=True, help="dataset directory (ours) or a jsonl/csv/parquet file")
+    inputs.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    inputs.add_argument("--limit", type=int, default=None, help="evaluate only the first groups, ~this many images")
+    output = evaluate.add_argument_group("Output")
+    output.add_argument("--out", default=None, help="report directory (default runs/eval/<model name>)")
     evaluate.set_defaults(func=_eval)
     return parser
 
