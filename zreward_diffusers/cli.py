@@ -78,6 +78,12 @@ def _first_groups(dataset, limit: int):
     return type(dataset)(kept, pairs, dataset.root, dataset.dimensions, dataset.levels, [], dataset.description)
 
 
+def _model_arguments(command: argparse.ArgumentParser) -> None:
+    model = command.add_argument_group("Model")
+    model.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    model.add_argument("--device", default=None, help="torch device (default: where the checkpoint loads, the CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zreward", description="Z-Reward score-distribution reward models")
     commands = parser.add_subparsers(dest="command", required=True, title="commands")
@@ -93,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     about = "print one JSON line per image: per-dimension distributions"
     score = commands.add_parser("score", help=about, description=about)
-    model = score.add_argument_group("Model")
-    model.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    model.add_argument("--device", default=None, help="torch device (default: where the checkpoint loads, the CPU)")
+    _model_arguments(score)
     inputs = score.add_argument_group("Input")
     inputs.add_argument("--prompt", required=True, action="append", help="the prompt (repeat for one per image)")
     inputs.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -104,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     about = "metrics of a model on a dataset: JSON, markdown, reliability PNG"
     evaluate = commands.add_parser("eval", help=about, description=about)
-    model = evaluate.add_argument_group("Model")
-    model.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    model.add_argument("--device", default=None, help="torch device (default: where the checkpoint loads, the CPU)")
+    _model_arguments(evaluate)
     inputs = evaluate.add_argument_group("Input")
     inputs.add_argument("--data", required=True, help="dataset directory (ours) or a jsonl/csv/parquet file")
     inputs.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
