@@ -318,24 +318,25 @@ def test_gdso_off_policy_epoch_terms_by_hand(tiny_base, tmp_path):
                         **SMALL_DATA)
     trainer = GDSOTrainer(config)
     rollout = fixed_rollout(trainer)
+    read_ids = trainer.encoder.read_token_ids
+    with torch.no_grad():
+        batch = trainer.encoder(rollout["rows"])
+        at_rollout = forward_rows(trainer.unwrapped(), batch, read_ids).score_log_probs.tolist()
     first = trainer.unit_terms(0, rollout, None)
     assert first["kl_ref"].item() == 0.0  # the policy is still the reference
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in trainer.unwrapped().parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    second = trainer.unit_terms(0, rollout, {"log_probs": first["log_probs"]})
+    second = trainer.unit_terms(0, rollout, first["behaviour"])
 
-    read_ids = trainer.encoder.read_token_ids
     with torch.no_grad():
-        batch = trainer.encoder(rollout["rows"])
         out = forward_rows(trainer.unwrapped(), batch, read_ids)
         ref = forward_rows(trainer.reference, batch, read_ids).token_log_probs.tolist()
     levels = trainer.levels.tolist()
-    mus = [sum(math.exp(lp) * v for lp, v in zip(row, levels, strict=True)) for row in out.score_log_probs.tolist()]
     num_images, rollouts = len(rollout["labels"]), config.num_rollouts
-    # the rewards are read from the model as it is now: unit_terms re-reads μ at every PPO epoch, so these are not
-    # the rollout-time advantages (PPO/GRPO would keep those); this pins the current behaviour
+    # the advantages are the rollout-time ones (PPO, GRPO): μ read by the model before it moved
+    mus = [sum(math.exp(lp) * v for lp, v in zip(row, levels, strict=True)) for row in at_rollout]
     expected = [mus[j * rollouts:(j + 1) * rollouts] for j in range(num_images)]
     advantages, spread = advantages_by_hand(expected, rollout["labels"].tolist(), levels[-1] - levels[0], config.alpha,
                                     config.std_floor, config.min_reward_std)
@@ -370,14 +371,14 @@ def test_gdso_two_ppo_epochs_take_an_inner_step_and_weigh_the_reference_kl(tiny_
     trainer = GDSOTrainer(config)
     rollout = fixed_rollout(trainer)
     trainer.rollouts = lambda *args: {key: value for key, value in rollout.items()}
-    old = trainer.unit_terms(0, rollout, None)["log_probs"]
+    behaviour = trainer.unit_terms(0, rollout, None)["behaviour"]
     trainer.optimizer.zero_grad(set_to_none=True)
     before = {name: p.detach().clone() for name, p in trainer.unwrapped().named_parameters()}
     logs = trainer.training_step(0)
     after = dict(trainer.unwrapped().named_parameters())
     assert any(not torch.equal(before[name], after[name]) for name in before)  # the inner optimizer step
 
-    terms = trainer.unit_terms(0, rollout, {"log_probs": old})
+    terms = trainer.unit_terms(0, rollout, behaviour)
     assert terms["kl_ref"].item() > 0
     by_hand = (terms["pg"].item() / max(terms["pg_tokens"], 1.0)
                + config.pointwise_weight * terms["pointwise"].item() / terms["num_rows"]
@@ -461,3 +462,28 @@ def test_rewarddance_trainer_loss_and_steps_by_hand(tiny_base, tmp_path):
         errors.append(sum(abs(p - t) for p, t in zip(p_yes()[0], targets, strict=True)) / len(units))
         trainer.training_step(step)
     assert errors[-1] < 0.8 * errors[0]
+
+
+def test_every_ppo_epoch_uses_the_rollout_time_policy(tiny_base, tmp_path):
+    """With 3 PPO epochs the model moves twice inside a step, yet epochs 2 and 3 both take their ratio to the
+    log-probs, and keep the advantages, that epoch 1 read at rollout time (not the previous epoch's)."""
+    config = GDSOConfig(base=tiny_base, output_dir=str(tmp_path), groups_per_step=1, num_rollouts=3,
+                        max_new_tokens=4, ppo_epochs=3, lr=1e-2, warmup_steps=0, log_with=None, **SMALL_DATA)
+    trainer = GDSOTrainer(config)
+    rollout = fixed_rollout(trainer)
+    trainer.rollouts = lambda *args: {key: value for key, value in rollout.items()}
+    calls, unit_terms = [], trainer.unit_terms
+
+    def recorded(step, unit_rollout, old):
+        terms = unit_terms(step, unit_rollout, old)
+        calls.append((old, terms))
+        return terms
+
+    trainer.unit_terms = recorded
+    trainer.training_step(0)
+    assert [old is None for old, _ in calls] == [True, False, False]
+    at_rollout = calls[0][1]
+    for old, _ in calls[1:]:
+        for key in ("log_probs", "advantages", "spread"):
+            assert torch.equal(old[key], at_rollout["behaviour"][key]), key
+    assert not torch.equal(calls[1][1]["log_probs"], at_rollout["log_probs"])  # the model did move in between

@@ -163,7 +163,12 @@ class GDSOTrainer(RewardTrainer):
 
     # ------------------------------------------------------------------------------------------------ the step
     def unit_terms(self, step: int, rollout: dict, old: dict | None) -> dict:
-        """Loss sums and logs of one unit (one forward pass over its N·G rows)."""
+        """Loss sums and logs of one unit (one forward pass over its N·G rows).
+
+        `old` is None in the first PPO epoch: the rewards, advantages and token log-probs read now are the rollout
+        policy's, returned as `behaviour`. Later epochs pass that `behaviour` back unchanged: the advantages stay the
+        rollout-time ones and the ratio is taken to the rollout-time log-probs (PPO, GRPO), whatever the epoch.
+        """
         config, device = self.config, self.device
         read_ids = self.encoder.read_token_ids.to(device)
         levels = self.levels.to(device)
@@ -191,10 +196,13 @@ class GDSOTrainer(RewardTrainer):
             score_log_prob = out.answer_log_probs.gather(1, sampled[:, None])  # the sampled score token's log π
             token_log_probs = torch.cat([token_log_probs, score_log_prob], dim=1)
             mask = torch.cat([mask, torch.ones_like(score_log_prob)], dim=1)
-        spread = has_spread(rewards, config.min_reward_std)
-        advantages = (group_advantages(rewards, config.std_floor) * spread[:, None]).flatten()
+        if old is None:  # the rollout-time policy: its advantages and log-probs hold for every PPO epoch
+            spread = has_spread(rewards, config.min_reward_std)
+            advantages = (group_advantages(rewards, config.std_floor) * spread[:, None]).flatten().detach()
+            old_log_probs = token_log_probs.detach()
+        else:  # a later epoch (PPO, GRPO): only the ratio to the rollout-time policy moves
+            spread, advantages, old_log_probs = old["spread"], old["advantages"], old["log_probs"]
         pg_mask = mask * spread.repeat_interleave(rollouts)[:, None]
-        old_log_probs = token_log_probs.detach() if old is None else old["log_probs"]
         terms["pg"] = clipped_policy_loss(token_log_probs, old_log_probs, advantages, pg_mask, config.eps_low,
                                           config.eps_high)
         terms["pg_tokens"] = float(pg_mask.sum())
@@ -217,7 +225,8 @@ class GDSOTrainer(RewardTrainer):
                 "expected_rollout_std": float(expected.std(dim=1, correction=0).sum()),
             }
             terms["num_rows"], terms["num_images"] = num_images * rollouts, num_images
-        return dict(terms, log_probs=token_log_probs.detach())
+        behaviour = {"log_probs": old_log_probs, "advantages": advantages, "spread": spread}
+        return dict(terms, log_probs=token_log_probs.detach(), behaviour=behaviour)
 
     def training_step(self, step: int) -> dict[str, float]:
         config = self.config
@@ -229,7 +238,7 @@ class GDSOTrainer(RewardTrainer):
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             terms = [self.unit_terms(step, r, o) for r, o in zip(rollouts, old, strict=True)]
-            old = [{"log_probs": t["log_probs"]} for t in terms]
+            old = [t["behaviour"] for t in terms]  # the rollout-time values, handed on unchanged
             counts = torch.tensor([sum(t["pg_tokens"] for t in terms), sum(t["num_rows"] for t in terms),
                                    sum(t.get("gap_count", 0) for t in terms),
                                    sum(float(r["num_tokens"]) for r in rollouts)], dtype=torch.float64,
