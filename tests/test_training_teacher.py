@@ -283,6 +283,44 @@ def test_lora_gradient_checkpointing_and_bf16_train_the_adapter_only(tiny_base, 
                         ["a red circle", "two blue squares"])
 
 
+def test_bradley_terry_feeds_the_better_image_first(tiny_base, tmp_path, monkeypatch):
+    """Every training pair is (better, worse) by its labels, and the loss receives the better image's score first:
+    counted from the dataset's labels and from what reaches `bradley_terry_loss`."""
+    import training.scalar_baselines as scalar_baselines
+
+    config = ScalarConfig(base=tiny_base, output_dir=str(tmp_path), batch_size=6, log_with=None, **SMALL_DATA)
+    trainer = BradleyTerryTrainer(config)
+    label = {trainer.train_bank.index[r.record_id]: r for r in trainer.train_set.records}
+    assert trainer.pairs and all(label[a].label(d) > label[b].label(d) for a, b, _, d in trainer.pairs)
+    seen, loss = [], scalar_baselines.bradley_terry_loss
+
+    def recording_loss(better, worse):
+        seen.append((better.detach(), worse.detach()))
+        return loss(better, worse)
+
+    monkeypatch.setattr(scalar_baselines, "bradley_terry_loss", recording_loss)
+    with torch.no_grad():  # a random head, so the scores differ by image
+        trainer.extra_modules["value_head"].weight.normal_(generator=torch.Generator().manual_seed(0))
+    encoded = []
+    forward = trainer.forward
+
+    def recording_forward(encoder, rows, model=None):
+        encoded.append(rows)
+        return forward(encoder, rows, model)
+
+    monkeypatch.setattr(trainer, "forward", recording_forward)
+    trainer.training_step(0)
+    rows = encoded[0]
+    half = len(rows) // 2
+    assert all(label[rows[i].image].label(rows[i].dimension) > label[rows[half + i].image].label(rows[i].dimension)
+               for i in range(half))
+    better, worse = seen[0]
+    out = forward(trainer.encoder, rows)
+    scores = trainer.scalar_scores(out).detach()
+    torch.testing.assert_close(better, scores[:half])
+    torch.testing.assert_close(worse, scores[half:])
+
+
 def test_gdso_rejects_bad_settings(tiny_base, tmp_path):
     with pytest.raises(ValueError, match="objective"):
         GDSOTrainer(GDSOConfig(base=tiny_base, output_dir=str(tmp_path), objective="ppo", log_with=None))
