@@ -94,10 +94,9 @@ class RISDClipConfig:
 
 
 def build_student(init: str, seed: int) -> ClipStudentScorer:
+    """The student `init` names (checked by `RISDClipConfig`): the tiny CLIP, or an open_clip architecture's towers."""
     if init == "tiny":
         return ClipStudentScorer.tiny(seed=seed)
-    if "@" not in init:
-        raise ValueError(f"`init` must be tiny or <open_clip arch>@<local weights file>, got {init!r}")
     arch, weights = init.split("@", 1)
     return ClipStudentScorer.from_open_clip(arch, weights)
 

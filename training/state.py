@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import get_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -242,9 +244,6 @@ def build_optimizer(module, lr: float, steps: int, config, muon_lr: float | None
     With `muon_lr`, the optimizer is `training.optim.MuonAdamW`: Muon at peak `muon_lr` on the 2-D weights whose
     names do not start with a prefix in `muon_exclude`, AdamW at `lr` on the rest (the schedule scales both).
     """
-    import torch
-    from transformers import get_scheduler
-
     if muon_lr is None:
         optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
     else:

@@ -146,8 +146,7 @@ class RewardTrainer:
         self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.warmup_steps,
                                        num_training_steps=config.steps)
-        self.model = model
-        prepared = self.accelerator.prepare(self.model, *self.extra_modules.values(), self.optimizer, self.scheduler)
+        prepared = self.accelerator.prepare(model, *self.extra_modules.values(), self.optimizer, self.scheduler)
         self.model = prepared[0]
         self.extra_modules = dict(zip(self.extra_modules, prepared[1:-2], strict=True))
         self.optimizer, self.scheduler = prepared[-2:]
