@@ -44,12 +44,12 @@ mutants: install
 DEMO_ARGS := $(if $(filter 1,$(QUICK)),--profile quick --out runs/demo_quick,--profile demo --out runs/demo)
 
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.demo $(DEMO_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m recipes.demo $(DEMO_ARGS)
 
 # ruff check only: the code is formatted by hand to 119 columns (`ruff format` would rewrap its aligned
 # continuation lines in 68 files; adopting it is a separate, whole-tree change).
 lint: install
-	$(BIN)/ruff check zreward_diffusers training pipelines benchmarks tests
+	$(BIN)/ruff check zreward_diffusers training pipelines recipes benchmarks tests
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.loss_overhead

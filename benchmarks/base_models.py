@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from training.pretrain_base import Encoder, name_attributes
+from training.pretrain_base import name_attributes
+from training.sequences import ConversationEncoder
 from zreward_diffusers.synthetic import Scene, SyntheticWorld
 from zreward_diffusers.synthetic.grammar import SHAPES
 from zreward_diffusers.synthetic.questions import EVAL_CANDIDATES, is_clean, true_answer
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     for path in args.models:
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path).eval()
-        answers = name_attributes(model, Encoder(processor, images), list(range(len(items))), args.batch_size)
+        encoder = ConversationEncoder(processor, images)
+        answers = name_attributes(model, encoder, list(range(len(items))), args.batch_size)
         right = {attribute: [answers[attribute][i] == true_answer(attribute, scene) for i, scene in enumerate(scenes)]
                  for attribute in EVAL_CANDIDATES}
         results[path] = condition_table(scenes, right)

@@ -13,7 +13,6 @@ The pool is cached (`--cache`, a safetensors file of images plus a JSON of scene
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -66,26 +65,26 @@ def main(argv: list[str] | None = None) -> dict:
     measured.add_argument("--model", default="student",
                           help="a model of the shipped config, or several joined by commas (one shared trunk)")
     measured.add_argument("--steps", type=int, default=2500)
-    measured.add_argument("--head", default=None, help="`vision_head` (default: the shipped config's)")
-    measured.add_argument("--cell_weight", type=float, default=None, help="`vision_cell_weight` (default: shipped)")
-    measured.add_argument("--lr", type=float, default=None, help="`vision_lr` (default: shipped)")
-    measured.add_argument("--optimizer", default=None, help="`vision_optimizer` (default: shipped)")
-    measured.add_argument("--muon_lr", type=float, default=None, help="`vision_muon_lr` (default: shipped)")
-    measured.add_argument("--batch_size", type=int, default=None, help="`vision_batch_size` (default: shipped)")
+    measured.add_argument("--head", default=None, help="`vision.head` (default: the shipped config's)")
+    measured.add_argument("--cell_weight", type=float, default=None, help="`vision.cell_weight` (default: shipped)")
+    measured.add_argument("--lr", type=float, default=None, help="`vision.lr` (default: shipped)")
+    measured.add_argument("--optimizer", default=None, help="`vision.optimizer` (default: shipped)")
+    measured.add_argument("--muon_lr", type=float, default=None, help="`vision.muon_lr` (default: shipped)")
+    measured.add_argument("--batch_size", type=int, default=None, help="`vision.batch_size` (default: shipped)")
     measured.add_argument("--seed", type=int, default=None, help="`seed` (model and heads init, step order)")
     measured.add_argument("--pool", type=int, default=32768, help="training images")
     output.add_argument("--cache", type=Path, default=None, help="safetensors file caching the rendered images")
     output.add_argument("--out", type=Path, default=None, help="JSON file for the result")
     args = parser.parse_args(argv)
 
-    config = load_config(PretrainBaseConfig, CONFIG)
-    changes = {"vision_steps": args.steps, "save_every": 10**9, "log_with": None}
-    for key, value in (("vision_head", args.head), ("vision_cell_weight", args.cell_weight), ("vision_lr", args.lr),
-                       ("vision_optimizer", args.optimizer), ("vision_muon_lr", args.muon_lr),
-                       ("vision_batch_size", args.batch_size), ("seed", args.seed)):
+    overrides = {"vision.steps": args.steps, "save_every": 10**9, "log_with": None}
+    for key, value in (("vision.head", args.head), ("vision.cell_weight", args.cell_weight), ("vision.lr", args.lr),
+                       ("vision.optimizer", args.optimizer), ("vision.muon_lr", args.muon_lr),
+                       ("vision.batch_size", args.batch_size), ("seed", args.seed)):
         if value is not None:
-            changes[key] = value
-    config = dataclasses.replace(config, **changes)
+            overrides[key] = value
+    config = load_config(PretrainBaseConfig, CONFIG, overrides)
+    stage = config.vision
     names = args.model.split(",")
     if not set(names) <= set(config.models):
         raise ValueError(f"`--model` must name models of {sorted(config.models)}, got {args.model!r}")
@@ -104,10 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
                               held_scenes, Path(state_dir))
     probe = result["probe_accuracy"]
     probe = probe[names[0]] if len(names) == 1 else probe
-    summary = dict(model=args.model, steps=args.steps, head=config.vision_head,
-                   cell_weight=config.vision_cell_weight, lr=config.vision_lr, optimizer=config.vision_optimizer,
-                   muon_lr=config.vision_muon_lr,
-                   batch_size=config.vision_batch_size, seed=config.seed, pool=args.pool,
+    summary = dict(model=args.model, steps=args.steps, head=stage.head, cell_weight=stage.cell_weight, lr=stage.lr,
+                   optimizer=stage.optimizer, muon_lr=stage.muon_lr, batch_size=stage.batch_size, seed=config.seed,
+                   pool=args.pool,
                    seconds=round(time.perf_counter() - started, 1), probe=probe)
     print(json.dumps(summary))
     if args.out is not None:

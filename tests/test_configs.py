@@ -12,6 +12,7 @@ from training.pretrain_base import PretrainBaseConfig
 from training.risd import RISDConfig
 from training.risd_clip import RISDClipConfig
 from training.sft import SFTConfig
+from training.vision_stage import VisionStageConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = {"pretrain_base": PretrainBaseConfig, "teacher_sft": SFTConfig, "teacher_gdso": GDSOConfig,
@@ -48,7 +49,8 @@ def test_every_config_is_checked():
     (RewardFinetuneConfig, "method", "ppo", "`method` must be one of"),
     (RewardFinetuneConfig, "batch_size", 0, "`batch_size` must be an integer >= 1"),
     (PretrainBaseConfig, "batch_size", 0, "`batch_size` must be an integer >= 1"),
-    (PretrainBaseConfig, "vision_head", "max", "`vision_head` must be one of"),
+    (VisionStageConfig, "head", "max", "`vision.head` must be one of"),  # `PretrainBaseConfig.vision`
+    (VisionStageConfig, "steps", -1, "`vision.steps` must be an integer >= 0"),
 ])
 def test_bad_settings_are_refused_when_the_config_is_built(config_class, field, value, message):
     """Validation lives in each config's `__post_init__`: a bad value is refused before any work, by name, whether

@@ -16,7 +16,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.demo import PROFILES, TRAINING_CONFIGS, build_stages, main, schedule, stage_progress, validate_schedule
+from recipes.demo import (
+    TRAINING_CONFIGS,
+    build_stages,
+    load_profile,
+    main,
+    schedule,
+    validate_schedule,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("contact_sheet", "preference_accuracy", "samples", "reliability", "before_after", "training_curves")
@@ -25,7 +32,7 @@ FIGURES = ("contact_sheet", "preference_accuracy", "samples", "reliability", "be
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "quick"
-    result = subprocess.run([sys.executable, "-m", "pipelines.demo", "--profile", "quick", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "recipes.demo", "--profile", "quick", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
@@ -86,10 +93,10 @@ def test_stage_configs_are_written_and_load(tmp_path):
     stages = build_stages(tmp_path, "demo")
     assert [s.name for s in stages][:1] == ["data"] and {s.lane for s in stages} == {"A", "B", "C"}
     direct = load_config(SFTConfig, tmp_path / "configs" / "direct.yaml")
-    assert direct.reasoning is False and direct.steps == PROFILES["demo"]["direct"]["steps"]
+    assert direct.reasoning is False and direct.steps == load_profile("demo").direct["steps"]
     assert direct.base == str(tmp_path / "base_student" / "student")
     base = yaml.safe_load((tmp_path / "configs" / "base_teacher.yaml").read_text())
-    assert list(base["models"]) == ["teacher"] and base["steps"] == PROFILES["demo"]["base_teacher"]["steps"]
+    assert list(base["models"]) == ["teacher"] and base["steps"] == load_profile("demo").base_teacher["steps"]
     # the demo keeps the input its documented numbers were measured with; the full profile reads the shipped config
     assert (base["patch_size"], base["min_pixels"], base["max_pixels"]) == (14, 112 * 112, 112 * 112)
     assert base["models"]["teacher"]["vision_config"] == {"embed_dim": 96, "depth": 3, "num_heads": 6,
@@ -116,11 +123,27 @@ def test_bad_profile_and_reused_output_directory_are_refused(tmp_path):
         main(["--profile", "demo", "--out", str(tmp_path)])
 
 
-def test_stage_progress_reads_the_last_progress_bar(tmp_path):
-    log = tmp_path / "stage.log"
-    assert stage_progress(log) is None
-    log.write_text("loading\nteacher:  10%|#   | 12/120 [00:01<00:09]\rteacher:  11%|#   | 13/120 [00:01<00:09]")
-    assert stage_progress(log) == (13, 120)
+def test_profile_files_are_checked_by_the_stages_configs(tmp_path):
+    """A profile is a YAML file: an unknown stage, a key its stage's config lacks, and a bad value are refused with
+    the key named; a valid file is used as given."""
+    shipped = yaml.safe_load((ROOT / "recipes" / "profiles" / "demo_quick.yaml").read_text())
+
+    def profile(**changes):
+        path = tmp_path / f"profile{len(list(tmp_path.glob('*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump({**shipped, **changes}))
+        return str(path)
+
+    with pytest.raises(ValueError, match="unknown config keys.*'teacher_rl'"):
+        build_stages(tmp_path / "a", profile(teacher_rl={"steps": 3}))
+    with pytest.raises(ValueError, match="unknown config keys.*'stepz'"):
+        build_stages(tmp_path / "b", profile(teacher_sft={"stepz": 3}))
+    with pytest.raises(ValueError, match="vision.steps"):
+        build_stages(tmp_path / "c", profile(base_student={"vision": {"steps": -1}}))
+    with pytest.raises(ValueError, match="`n`"):
+        build_stages(tmp_path / "d", profile(data={"n": 0}))
+    build_stages(tmp_path / "e", profile(teacher_sft={"steps": 5, "train_data": {"num_groups": 7}}))
+    sft = yaml.safe_load((tmp_path / "e" / "configs" / "teacher_sft.yaml").read_text())
+    assert (sft["steps"], sft["train_data"]["num_groups"], sft["eval_data"]["num_groups"]) == (5, 7, 6)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
@@ -131,8 +154,8 @@ def test_make_demo_quick_runs_the_quick_profile():
         return subprocess.run(["make", "--no-print-directory", "-n", "demo", *args], cwd=ROOT, capture_output=True,
                               text=True, check=True, env=env).stdout
 
-    assert "-m pipelines.demo --profile quick --out runs/demo_quick\n" in dry_run("QUICK=1")
-    assert "-m pipelines.demo --profile demo --out runs/demo\n" in dry_run()
+    assert "-m recipes.demo --profile quick --out runs/demo_quick\n" in dry_run("QUICK=1")
+    assert "-m recipes.demo --profile demo --out runs/demo\n" in dry_run()
 
 
 def test_schedules_never_wait_for_a_later_stage(tmp_path):
@@ -146,12 +169,12 @@ def test_schedules_never_wait_for_a_later_stage(tmp_path):
 def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
     # the base config with a model's own vision_steps (the student's 28,000 steps against the config's 20,000) and
     # stage-1 steps (the teacher's 750 against the config's 1,000)
-    import pipelines.demo as demo
+    import recipes.demo as demo
 
     configs = tmp_path / "training_configs"
     shutil.copytree(demo.TRAINING_CONFIGS, configs)
     base = yaml.safe_load((configs / "pretrain_base_tiny.yaml").read_text())
-    base["vision_steps"] = 20000
+    base["vision"]["steps"] = 20000
     base["models"]["student"]["vision_steps"] = 28000
     base["models"]["teacher"]["steps"] = 750
     (configs / "pretrain_base_tiny.yaml").write_text(yaml.safe_dump(base))
@@ -161,7 +184,7 @@ def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
         build_stages(tmp_path / profile, profile)
         for model, steps in expected.items():
             config = yaml.safe_load((tmp_path / profile / "configs" / f"base_{model}.yaml").read_text())
-            assert config["models"][model].get("vision_steps", config["vision_steps"]) == steps, (profile, model)
+            assert config["models"][model].get("vision_steps", config["vision"]["steps"]) == steps, (profile, model)
     for profile, steps in (("quick", 40), ("demo", 1200), ("full", 750)):  # the teacher's stage 1
         config = yaml.safe_load((tmp_path / profile / "configs" / "base_teacher.yaml").read_text())
         assert config["models"]["teacher"].get("steps", config["steps"]) == steps, profile

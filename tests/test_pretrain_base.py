@@ -15,23 +15,24 @@ from helpers import launch_cpu, optimizer_state
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from training.config import load_config, parse_args
+from training.config import load_config, parse_args, scalar_fields
 from training.pretrain_base import (
-    Encoder,
     PretrainBaseConfig,
     build_model,
+    model_overrides,
     pretrain,
     render_pool,
     sample_batch,
     train_step,
-    user_messages,
 )
+from training.sequences import ConversationEncoder, user_messages
 from training.vision_stage import (
     MAX_CELL_COUNT,
     TARGETS,
     TRUNK,
     SharedVisionClassifier,
     VisionClassifier,
+    VisionStageConfig,
     cell_targets,
     classification_loss,
     scene_targets,
@@ -51,15 +52,21 @@ TINY_MODELS = {
 }
 
 
-def few_step_config(output_dir, **changes) -> PretrainBaseConfig:
+def few_step_config(output_dir, vision: dict | None = None, **changes) -> PretrainBaseConfig:
+    """A tiny run's config: `changes` replace its fields, `vision` (a dict) its stage-0 settings (no stage 0)."""
     config = PretrainBaseConfig(
         output_dir=str(output_dir), models=TINY_MODELS, num_train_images=32, num_eval_images=8, batch_size=8,
         micro_batch_size=4, steps=4, eval_every=0, save_every=2, log_with=None, weight_decay=0.0, lr=1e-3,
-        warmup_steps=1, lr_scheduler="constant_with_warmup", vision_steps=0,
+        warmup_steps=1, lr_scheduler="constant_with_warmup", vision=VisionStageConfig(steps=0),
         # Qwen2-VL's 14-pixel patches on 56 px images, unresized: 4 image tokens, so the tests stay fast
         min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14,
     )
-    return dataclasses.replace(config, **changes)
+    return dataclasses.replace(config, vision=dataclasses.replace(config.vision, **(vision or {})), **changes)
+
+
+def stage_0(changes: dict, **settings) -> dict:
+    """The stage-0 settings of `few_step_config` changes `changes`, with `settings` replaced."""
+    return dict(changes.get("vision", {}), **settings)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +158,7 @@ def test_micro_batches_give_the_full_batch_gradient(run):
     config, _ = run
     processor = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
     items = SyntheticWorld(0).generate(32)
-    encoder = Encoder(processor, torch.from_numpy(np.stack([item.image for item in items])))
+    encoder = ConversationEncoder(processor, torch.from_numpy(np.stack([item.image for item in items])))
     rows = sample_batch(items, 0, config)
     gradients = []
     for micro_batch_size in (len(rows), 3):
@@ -167,7 +174,7 @@ def test_encoded_conversation_matches_the_processor(run):
     config, _ = run
     processor = AutoProcessor.from_pretrained(f"{config.output_dir}/student")
     items = SyntheticWorld(0).generate(4)
-    encoder = Encoder(processor, torch.from_numpy(np.stack([item.image for item in items])))
+    encoder = ConversationEncoder(processor, torch.from_numpy(np.stack([item.image for item in items])))
     turns = [("What colour are the objects?", items[1].scene.colour), ("Is the image noisy?", "no")]
     batch = encoder([(1, turns)])
     conversation = user_messages(turns[0][0]) + [
@@ -226,6 +233,48 @@ def test_config_loading_builds_nested_dataclasses(tmp_path):
     assert config == _Nested(_Optimizer(3e-4, [0.9, 0.95]), steps=2)
     with pytest.raises(ValueError, match=r"optimizer\.momentum"):
         load_config(_Nested, overrides={"optimizer.momentum": 0.9})
+
+
+def test_stage_0_settings_are_one_nested_field(tmp_path, capsys):
+    """`vision` (`VisionStageConfig`): from YAML or dotted overrides, checked by its own `__post_init__` under its
+    dotted names, dumped by `asdict` and loaded back equal, listed by `--help` and flattened for the trackers."""
+    config = PretrainBaseConfig(steps=3, vision=VisionStageConfig(
+        steps=7, head="mean", cell_weight=0.5, lr=1e-3, optimizer="adamw", muon_lr=0.01, batch_size=8, num_images=40,
+        pool_from_train=False, shared=False))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    assert load_config(PretrainBaseConfig, path) == config
+    overridden = parse_args(PretrainBaseConfig, ["--config", str(path), "--vision.steps", "9"])
+    assert overridden == dataclasses.replace(config, vision=dataclasses.replace(config.vision, steps=9))  # rest kept
+    path.write_text("vision: {steps: 10}\n")
+    assert load_config(PretrainBaseConfig, path).vision == VisionStageConfig(steps=10)
+    # a bad value is refused by its dotted name, from the file, the overrides or the command line
+    path.write_text("vision: {steps: -1}\n")
+    for build in (lambda: load_config(PretrainBaseConfig, path),
+                  lambda: load_config(PretrainBaseConfig, overrides={"vision.steps": -1}),
+                  lambda: parse_args(PretrainBaseConfig, ["--vision.steps", "-1"])):
+        with pytest.raises(ValueError, match=r"`vision\.steps` must be an integer >= 0, got -1"):
+            build()
+    with pytest.raises(ValueError, match=r"`vision\.steps` must be int, got 'ten'"):
+        load_config(PretrainBaseConfig, overrides={"vision.steps": "ten"})
+    with pytest.raises(ValueError, match=r"unknown config keys \['vision\.stepz'\]"):
+        load_config(PretrainBaseConfig, overrides={"vision.stepz": 1})
+    with pytest.raises(ValueError, match="`vision` must be a mapping of VisionStageConfig's fields"):
+        load_config(PretrainBaseConfig, overrides={"vision": 5})
+    # --help lists the nested fields by their dotted names under stage 0's heading
+    with pytest.raises(SystemExit):
+        parse_args(PretrainBaseConfig, ["--help"])
+    stage_0 = capsys.readouterr().out.split("Stage 0: the vision tower alone:\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split(":")[0].strip() for line in stage_0] == [f"--vision.{f.name}"
+                                                                for f in dataclasses.fields(VisionStageConfig)]
+    assert "(default: 5000)" in stage_0[0]
+    # trackers get scalars only: the nested settings under dotted names
+    hparams = scalar_fields(config)
+    assert hparams["vision.steps"] == 7 and hparams["vision.shared"] is False and hparams["steps"] == 3
+    assert "vision" not in hparams and "models" not in hparams
+    # a model's own `vision_steps` wins over `vision.steps`
+    models = {"student": dict(TINY_MODELS["student"], vision_steps=2), "teacher": TINY_MODELS["teacher"]}
+    assert [model_overrides(name, models[name], config)[1] for name in models] == [2, 7]
 
 
 def test_shipped_tiny_config_is_the_embedded_default():
@@ -357,28 +406,34 @@ def test_token_head_and_cell_heads_keep_images_apart(run):
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("vision_head", "max", "`vision_head` must be one of"),
-    ("vision_cell_weight", -1.0, "`vision_cell_weight` must be a finite number >= 0"),
-    ("vision_cell_weight", float("nan"), "`vision_cell_weight` must be a finite number >= 0"),
-    ("vision_cell_weight", True, "`vision_cell_weight` must be a finite number >= 0"),
-    ("vision_optimizer", "sgd", "`vision_optimizer` must be one of"),
+    ("vision.head", "max", "`vision.head` must be one of"),
+    ("vision.cell_weight", -1.0, "`vision.cell_weight` must be a finite number >= 0"),
+    ("vision.cell_weight", float("nan"), "`vision.cell_weight` must be a finite number >= 0"),
+    ("vision.cell_weight", True, "`vision.cell_weight` must be a finite number >= 0"),
+    ("vision.optimizer", "sgd", "`vision.optimizer` must be one of"),
+    ("vision.steps", -1, "`vision.steps` must be an integer >= 0"),
+    ("vision.batch_size", 0, "`vision.batch_size` must be an integer >= 1"),
+    ("vision.num_images", 0, "`vision.num_images` must be an integer >= 1"),
     ("optimizer", "lion", "`optimizer` must be one of"),
     ("muon_lr", float("inf"), "`muon_lr` must be a finite number >= 0"),
-    ("vision_muon_lr", -0.02, "`vision_muon_lr` must be a finite number >= 0"),
+    ("vision.muon_lr", -0.02, "`vision.muon_lr` must be a finite number >= 0"),
     ("render_workers", 0, "`render_workers` must be a positive integer"),
     ("render_workers", 1.5, "`render_workers` must be a positive integer"),
 ])
 def test_bad_vision_stage_settings_are_refused_before_any_work(tmp_path, field, value, message):
+    parent, _, name = field.rpartition(".")
     with pytest.raises(ValueError, match=message):
-        pretrain(few_step_config(tmp_path, **{field: value}))
+        pretrain(few_step_config(tmp_path, **({parent: {name: value}} if parent else {name: value})))
+    with pytest.raises(ValueError, match=message):  # from the command line, by the same name
+        parse_args(PretrainBaseConfig, [f"--{field}", str(value)])
     assert not (tmp_path / "student").exists()
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path, optimizer):
     student = {"student": TINY_MODELS["student"]}
-    changes = dict(models=student, vision_steps=4, vision_num_images=16, vision_batch_size=8, steps=2, save_every=2,
-                   vision_optimizer=optimizer)
+    changes = dict(models=student, vision=dict(steps=4, num_images=16, batch_size=8, optimizer=optimizer), steps=2,
+                   save_every=2)
     full = pretrain(few_step_config(tmp_path / "full", **changes))["student"]
     vision = full["vision_stage"]
     vision_losses = lambda result: [loss for _, loss in result["vision_stage"]["loss_curve"]]  # noqa: E731
@@ -396,7 +451,8 @@ def test_vision_stage_trains_the_tower_only_and_resumes_exactly(tmp_path, optimi
     without = pretrain(few_step_config(tmp_path / "without", models=student, steps=2, save_every=2))["student"]
     assert "vision_stage" not in without and without["losses"] != full["losses"]  # the tower differs at stage 1
     # Interrupted after stage-0 step 2 (its state saved, no conversation state yet), then resumed.
-    first = pretrain(few_step_config(tmp_path / "resumed", **dict(changes, vision_steps=2, steps=1)))["student"]
+    half = dict(changes, vision=stage_0(changes, steps=2), steps=1)
+    first = pretrain(few_step_config(tmp_path / "resumed", **half))["student"]
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "student")
     resumed = pretrain(few_step_config(tmp_path / "resumed", **changes, resume=True))["student"]
     assert vision_losses(resumed)[:2] == vision_losses(first)
@@ -462,8 +518,8 @@ def test_shared_classifier_runs_the_trunk_once_and_feeds_every_merger(run):
 
 def test_models_with_the_same_tower_share_stage_0(tmp_path):
     # stage 1 at lr 0 leaves the towers as stage 0 made them
-    changes = dict(models=SAME_TOWER, vision_steps=4, vision_num_images=48, vision_batch_size=8, steps=1, save_every=2,
-                   lr=0.0, weight_decay=0.0)
+    changes = dict(models=SAME_TOWER, vision=dict(steps=4, num_images=48, batch_size=8), steps=1, save_every=2, lr=0.0,
+                   weight_decay=0.0)
     results = pretrain(few_step_config(tmp_path / "shared", **changes))
     assert results["student"]["vision_stage"]["shared_with"] == ["teacher"]
     assert results["teacher"]["vision_stage"]["shared_with"] == ["student"]
@@ -493,7 +549,7 @@ def test_models_with_the_same_tower_share_stage_0(tmp_path):
     check_unseen(str(tmp_path / "shared" / "teacher"), 0, 14, 20)  # unseen
     check_unseen(str(tmp_path / "shared" / "teacher"), 1, 0, 20)  # another world
     # Not shared: each model trains its own tower, from its own heads only.
-    alone = pretrain(few_step_config(tmp_path / "alone", **changes, vision_shared=False))
+    alone = pretrain(few_step_config(tmp_path / "alone", **dict(changes, vision=stage_0(changes, shared=False))))
     assert alone["teacher"]["vision_stage"]["shared_with"] == []
     assert (tmp_path / "alone" / "checkpoints" / "teacher-vision").is_dir()
     assert alone["teacher"]["vision_stage"]["loss_curve"] != alone["student"]["vision_stage"]["loss_curve"]
@@ -501,7 +557,7 @@ def test_models_with_the_same_tower_share_stage_0(tmp_path):
     different = pretrain(few_step_config(tmp_path / "different", **dict(changes, models=TINY_MODELS)))
     assert different["teacher"]["vision_stage"]["shared_with"] == []
     # Interrupted after shared step 2 (its state saved, no conversation state yet), then resumed.
-    pretrain(few_step_config(tmp_path / "resumed", **dict(changes, vision_steps=2)))
+    pretrain(few_step_config(tmp_path / "resumed", **dict(changes, vision=stage_0(changes, steps=2))))
     for name in SAME_TOWER:
         shutil.rmtree(tmp_path / "resumed" / "checkpoints" / name)
     resumed = pretrain(few_step_config(tmp_path / "resumed", **changes, resume=True))
@@ -540,9 +596,8 @@ def test_stage_0_pool_starts_with_the_training_images(tmp_path, monkeypatch, fro
 
     train_vision = pretrain_base.train_vision
     monkeypatch.setattr(pretrain_base, "train_vision", spy)
-    config = few_step_config(tmp_path / "pool", models={"student": TINY_MODELS["student"]}, vision_steps=1,
-                             vision_num_images=40, vision_batch_size=8, steps=1, save_every=1,
-                             vision_pool_from_train=from_train)
+    config = few_step_config(tmp_path / "pool", models={"student": TINY_MODELS["student"]}, steps=1, save_every=1,
+                             vision=dict(steps=1, num_images=40, batch_size=8, pool_from_train=from_train))
     pretrain(config)
     world = SyntheticWorld(0)  # 32 training images in groups 0-7, 8 held-out ones in groups 8-9
     training = [item for group in world.groups(8) for item in group.items]
@@ -554,26 +609,6 @@ def test_stage_0_pool_starts_with_the_training_images(tmp_path, monkeypatch, fro
     assert used["stage_0"] == ([10, 12] if from_train else [10, 20])
 
 
-def test_pretraining_batches_the_vision_attention_of_every_model(tmp_path, monkeypatch):
-    import contextlib
-
-    import training.pretrain_base as pretrain_base
-
-    changed = []
-    batched = pretrain_base.batched_vision_attention
-
-    @contextlib.contextmanager
-    def spy(*models):
-        with batched(*models) as count:
-            changed.append((sorted(type(model).__name__ for model in models), count))
-            yield count
-
-    monkeypatch.setattr(pretrain_base, "batched_vision_attention", spy)
-    pretrain(few_step_config(tmp_path / "run", steps=1, save_every=1))
-    # the student's 1-block tower and the teacher's default 2-block one: 3 attention layers
-    assert changed == [(["Qwen2VLForConditionalGeneration"] * 2, 3)]
-
-
 def test_render_pool_of_no_images():
     images, scenes = render_pool(0, 56, 3, 0, workers=2)
     assert images.shape == (0, 56, 56, 3) and images.dtype == torch.uint8 and scenes == []
@@ -581,8 +616,8 @@ def test_render_pool_of_no_images():
 
 def test_a_model_can_have_its_own_vision_steps(tmp_path):
     models = {"student": dict(TINY_MODELS["student"], vision_steps=3), "teacher": TINY_MODELS["teacher"]}
-    changes = dict(models=models, vision_num_images=16, vision_batch_size=8, steps=1, save_every=1)
-    results = pretrain(few_step_config(tmp_path / "own", **changes))  # the config's vision_steps: 0
+    changes = dict(models=models, vision=dict(num_images=16, batch_size=8), steps=1, save_every=1)
+    results = pretrain(few_step_config(tmp_path / "own", **changes))  # the config's vision.steps: 0
     vision = results["student"]["vision_stage"]
     assert vision["steps"] == 3 and len(vision["loss_curve"]) == 3
     assert "vision_stage" not in results["teacher"]
@@ -639,8 +674,8 @@ def _launch(config: PretrainBaseConfig, processes: int) -> dict:
 
 
 def test_vision_stage_two_processes_match_one(tmp_path):
-    changes = dict(models={"student": TINY_MODELS["student"]}, vision_steps=3, vision_num_images=16,
-                   vision_batch_size=8, steps=1, save_every=1)
+    changes = dict(models={"student": TINY_MODELS["student"]}, vision=dict(steps=3, num_images=16, batch_size=8),
+                   steps=1, save_every=1)
     one = _launch(few_step_config(tmp_path / "one", **changes), 1)["student"]["vision_stage"]
     two = _launch(few_step_config(tmp_path / "two", **changes), 2)["student"]["vision_stage"]
     np.testing.assert_allclose([v for _, v in two["loss_curve"]], [v for _, v in one["loss_curve"]], rtol=1e-4)
@@ -664,10 +699,10 @@ def test_conversation_stage_two_processes_match_one(tmp_path):
 def test_two_process_resume_equals_the_uninterrupted_two_process_run(tmp_path):
     """Both stages under 2 processes, stopped after stage-0 step 2 (no conversation state yet) and resumed under 2
     processes: the same stage-0 and conversation losses and weights as one uninterrupted 2-process run."""
-    changes = dict(models={"student": TINY_MODELS["student"]}, vision_steps=4, vision_num_images=16,
-                   vision_batch_size=8, steps=2, save_every=2)
+    changes = dict(models={"student": TINY_MODELS["student"]}, vision=dict(steps=4, num_images=16, batch_size=8),
+                   steps=2, save_every=2)
     full = _launch(few_step_config(tmp_path / "full", **changes), 2)["student"]
-    _launch(few_step_config(tmp_path / "half", **dict(changes, vision_steps=2, steps=1)), 2)
+    _launch(few_step_config(tmp_path / "half", **dict(changes, vision=stage_0(changes, steps=2), steps=1)), 2)
     shutil.rmtree(tmp_path / "half" / "checkpoints" / "student")  # as if stopped before the conversation stage
     resumed = _launch(few_step_config(tmp_path / "half", **changes, resume=True), 2)["student"]
     assert resumed["resumed_from_step"] == 0 and resumed["vision_stage"]["steps"] == 4

@@ -10,6 +10,7 @@ from zreward_diffusers.synthetic import (
     DeviationRates,
     PromptSpec,
     SyntheticWorld,
+    WorldConfig,
     all_prompt_specs,
     describe,
     oracle_scores,
@@ -267,3 +268,17 @@ def test_parallel_rendering_does_not_depend_on_the_workers():
     assert scenes == [item.scene for item in items]
     with pytest.raises(ValueError, match="must be a positive integer"):
         render_world(0, 56, 2, 9, workers=0)
+
+
+def test_parallel_groups_equal_the_worlds_own():
+    from zreward_diffusers.synthetic.parallel import render_groups
+
+    config = WorldConfig(image_size=32, group_size=3)
+    expected = SyntheticWorld(seed=4, config=config).groups(5, start=7)
+    for workers in (1, 2):
+        groups = render_groups(4, config, 5, start_group=7, workers=workers)
+        assert [item.record_id for group in groups for item in group.items] == [
+            item.record_id for group in expected for item in group.items]
+        assert all(np.array_equal(a.image, b.image) for g, e in zip(groups, expected, strict=True)
+                   for a, b in zip(g.items, e.items, strict=True))
+        assert [len(group.items) for group in groups] == [3] * 5

@@ -464,7 +464,7 @@ def test_two_process_resume_equals_the_uninterrupted_two_process_run(tiny_base, 
 
 
 def test_teacher_command_runs_sft_then_gdso_from_its_model(tiny_base, tmp_path):
-    """`python -m training.teacher`, the README's teacher command, end to end on tiny settings: the shipped configs
+    """`python -m recipes.teacher`, the README's teacher command, end to end on tiny settings: the shipped configs
     with a few steps, SFT then GDSO started from SFT's exported model; a second call finds both stages done."""
     tiny = dict(base=tiny_base, steps=2, save_every=2, warmup_steps=0, log_with="none", eval_num_samples=1,
                 eval_max_new_tokens=4, train_data={"num_groups": 3, "start": 0},
@@ -475,7 +475,7 @@ def test_teacher_command_runs_sft_then_gdso_from_its_model(tiny_base, tmp_path):
         shipped = yaml.safe_load((REPO / "training" / "configs" / f"teacher_{stage}_tiny.yaml").read_text())
         configs[stage] = tmp_path / f"{stage}.yaml"
         configs[stage].write_text(yaml.safe_dump({**shipped, **tiny, **changes}))
-    command = [sys.executable, "-m", "training.teacher", "--sft_config", str(configs["sft"]), "--gdso_config",
+    command = [sys.executable, "-m", "recipes.teacher", "--sft_config", str(configs["sft"]), "--gdso_config",
                str(configs["gdso"]), "--output_dir", str(tmp_path / "teacher")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

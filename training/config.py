@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 import typing
 
 import yaml
@@ -61,13 +62,18 @@ def _build(cls, data: dict, overrides: dict, source: str, prefix: str):
     for name in [name for name in fields if name in data or name in overrides]:
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
-            kwargs[name] = _build(kind, data.get(name) or {}, overrides.get(name, {}), source, f"{prefix}{name}.")
+            nested = data.get(name) or {}, overrides.get(name) or {}
+            for value in nested:
+                if not isinstance(value, dict):
+                    raise ValueError(f"`{prefix}{name}` must be a mapping of {kind.__name__}'s fields "
+                                     f"{sorted(f.name for f in dataclasses.fields(kind))}, got {value!r}")
+            kwargs[name] = _build(kind, *nested, source, f"{prefix}{name}.")
         elif kind is dict or typing.get_origin(kind) is dict:
             value = data[name] if name in data else fields[name].default_factory()
-            kwargs[name] = _merge(value, overrides.get(name, {}))
+            kwargs[name] = merge_mappings(value, overrides.get(name, {}))
         else:
             value = overrides[name] if name in overrides else data[name]
-            kwargs[name] = _convert(kind, value, name)
+            kwargs[name] = _convert(kind, value, prefix + name)
     return cls(**kwargs)
 
 
@@ -86,28 +92,54 @@ def _convert(kind, value, name: str):
     return value
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_mappings(base: dict, update: dict) -> dict:
     """`base` updated recursively with `update`: nested dicts are merged, other values replaced."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = _merge(merged[key], value)
+            value = merge_mappings(merged[key], value)
         merged[key] = value
     return merged
 
 
-def check_at_least(config, minimum: int, *names: str) -> None:
-    """Raise a `ValueError` naming the first of `names` whose value on `config` is below `minimum` (None passes)."""
+def check_at_least(config, minimum: int, *names: str, prefix: str = "") -> None:
+    """Raise a `ValueError` naming the first of `names` whose value on `config` is below `minimum` (None passes).
+
+    `prefix` is where `config` sits in its entry point's config (`"vision."` for a nested field `vision`), so that
+    the message names the key as it is written in the YAML file or on the command line."""
     for name in names:
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-            raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+            raise ValueError(f"`{prefix}{name}` must be an integer >= {minimum}, got {value!r}")
 
 
-def check_choice(config, name: str, choices) -> None:
-    """Raise a `ValueError` naming `name` unless its value on `config` is one of `choices`."""
+def check_choice(config, name: str, choices, prefix: str = "") -> None:
+    """Raise a `ValueError` naming `name` (after `prefix`, as `check_at_least`) unless its value on `config` is one of
+    `choices`."""
     if getattr(config, name) not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {getattr(config, name)!r}")
+        raise ValueError(f"`{prefix}{name}` must be one of {tuple(choices)}, got {getattr(config, name)!r}")
+
+
+def check_non_negative(config, *names: str, prefix: str = "") -> None:
+    """Raise a `ValueError` naming (after `prefix`, as `check_at_least`) the first of `names` whose value on `config`
+    is not a finite number >= 0 (a bool is not a number here)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"`{prefix}{name}` must be a finite number >= 0, got {value!r}")
+
+
+def scalar_fields(config, prefix: str = "") -> dict:
+    """The config's int, float, str and bool values by name, for a tracker's hyperparameters: a nested dataclass
+    field's own are included under dotted names (`vision.steps`); dicts, lists and None are left out."""
+    values = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            values.update(scalar_fields(value, f"{prefix}{f.name}."))
+        elif isinstance(value, int | float | str):
+            values[prefix + f.name] = value
+    return values
 
 
 def none_if_off(value):

@@ -21,6 +21,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+# A config's `optimizer` choices: AdamW alone, or `MuonAdamW` (`training.state.build_optimizer` builds either).
+OPTIMIZERS = ("adamw", "muon")
+
 # Quintic Newton-Schulz coefficients of Jordan et al. (2024): five steps take singular values into about [0.7, 1.2].
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 

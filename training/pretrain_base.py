@@ -9,13 +9,14 @@ one image (image first), whose answers are written from the image's true scene
 colour, sun side, shadow direction, floating objects, degradations), or one long answer ("What is in the image?",
 "Describe the image." → `describe(scene)`, and the rubric's own questions answered with the description — never
 with a score: scores are learned later). The loss is the language-model loss on the answer tokens only, each
-answer's mean token loss weighing the same. Before that, with `vision_steps` > 0 (the shipped config), stage 0
-(`training.vision_stage`) trains each model's vision tower alone to classify the scene's attributes, as real VLMs
-start from a pretrained vision encoder; its classification heads are not part of the saved model. Models whose towers
-have the same config train one shared trunk in that stage (`vision_shared`; the shipped teacher and student do), as
-one vision encoder serves every size of a real VLM family. Stage 0's image pool starts with the conversations'
-training images (`vision_pool_from_train`, rendered once for both stages) and goes on with world groups after the
-held-out ones. A model may set its own `vision_steps` and `steps` (stage 1) in `models`.
+answer's mean token loss weighing the same. Before that, with `vision.steps` > 0 (the shipped config), stage 0
+(`training.vision_stage`, configured by the `vision` settings) trains each model's vision tower alone to classify
+the scene's attributes, as real VLMs start from a pretrained vision encoder; its classification heads are not part of
+the saved model. Models whose towers have the same config train one shared trunk in that stage (`vision.shared`; the
+shipped teacher and student do), as one vision encoder serves every size of a real VLM family. Stage 0's image pool
+starts with the conversations' training images (`vision.pool_from_train`, rendered once for both stages) and goes on
+with world groups after the held-out ones. A model may set its own `vision_steps` (stage 0) and `steps` (stage 1)
+in `models`.
 
 Each model is saved as an ordinary Hugging Face checkpoint (`<output_dir>/<name>`: safetensors weights, config,
 processor with tokenizer and chat template), which every later stage loads exactly as a downloaded one:
@@ -37,18 +38,16 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor
 
-from zreward_diffusers.preprocessing import QwenVLImageTransform
 from zreward_diffusers.synthetic import Scene, SyntheticWorld, WorldConfig
 from zreward_diffusers.synthetic.parallel import check_render_workers, render_world
 from zreward_diffusers.synthetic.questions import (
@@ -62,10 +61,11 @@ from zreward_diffusers.synthetic.questions import (
 from zreward_diffusers.testing import tiny_config, tiny_processor
 from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 
-from .config import check_at_least, parse_args
+from .config import check_at_least, check_choice, check_non_negative, parse_args, scalar_fields
+from .optim import OPTIMIZERS
+from .sequences import ConversationEncoder
 from .state import Progress, latest_checkpoint, loss_curve, replace_directory, start_or_resume
-from .vision_attention import batched_vision_attention
-from .vision_stage import HEADS, train_vision
+from .vision_stage import VisionStageConfig, train_vision
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,7 @@ class PretrainBaseConfig:
                  "task_weights", "render_workers"),
         "Optimisation": ("steps", "batch_size", "micro_batch_size", "lr", "optimizer", "muon_lr", "weight_decay",
                          "lr_scheduler", "warmup_steps", "max_grad_norm", "seed"),
-        "Stage 0: the vision tower alone": ("vision_steps", "vision_head", "vision_cell_weight", "vision_lr",
-                                            "vision_optimizer", "vision_muon_lr", "vision_batch_size",
-                                            "vision_num_images", "vision_pool_from_train", "vision_shared"),
+        "Stage 0: the vision tower alone": ("vision",),
         "Evaluation": ("eval_every", "eval_batch_size"),
         "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "log_every",
                                     "log_with"),
@@ -108,7 +106,8 @@ class PretrainBaseConfig:
         },
         metadata={"help": "models to train, by name: overrides of the tiny Qwen2-VL config (`text_config`, "
                           "`vision_config`; the vision merger's output width follows the text width) and optionally "
-                          "the model's own `vision_steps` and `steps`, which win over the config's"},
+                          "the model's own `vision_steps` and `steps`, which win over the config's `vision.steps` "
+                          "and `steps`"},
     )
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
     num_train_images: int = field(
@@ -169,40 +168,9 @@ class PretrainBaseConfig:
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={
         "help": "continue each model from its newest complete checkpoint (none there: start it)"})
-    vision_steps: int = field(
-        default=5000, metadata={"help": "stage 0: steps training the vision tower alone to classify the scene's "
-                                     "attributes (`training.vision_stage`), before the conversations; 0 skips it"}
-    )
-    vision_head: str = field(
-        default="tokens",
-        metadata={"help": "stage 0: the heads read the tower's output tokens side by side (`tokens`) or their `mean`"},
-    )
-    vision_cell_weight: float = field(
-        default=3.0,
-        metadata={"help": "stage 0: weight of the dense targets (each output token names the shape and number of "
-                          "the objects centred in its cell of the image); 0 turns them off"},
-    )
-    vision_lr: float = field(default=2e-3, metadata={"help": "stage 0: peak AdamW learning rate (`lr_scheduler`)"})
-    vision_optimizer: str = field(
-        default="muon",
-        metadata={"help": "stage 0: `adamw`, or `muon` (`training.optim.MuonAdamW`: Muon on the tower's and mergers' "
-                          "weight matrices at `vision_muon_lr`, AdamW at `vision_lr` on the rest)"},
-    )
-    vision_muon_lr: float = field(default=0.02, metadata={"help": "stage 0: Muon's peak learning rate"})
-    vision_batch_size: int = field(default=64, metadata={"help": "stage 0: images per step, over all processes"})
-    vision_num_images: int = field(
-        default=163840, metadata={"help": "stage 0: images in its pool (1.54 GB of 56 px images per process): the "
-                                      "conversations' training images if `vision_pool_from_train`, then world "
-                                      "groups after the held-out ones"}
-    )
-    vision_pool_from_train: bool = field(
-        default=True, metadata={"help": "stage 0: its pool starts with the conversations' training images (no "
-                                        "second rendering of them); false: only world groups after the held-out ones"}
-    )
-    vision_shared: bool = field(
-        default=True,
-        metadata={"help": "stage 0: models whose vision towers have the same config and `vision_steps` train one "
-                          "shared trunk (patch embedding and blocks), each with its own merger and heads"},
+    vision: VisionStageConfig = field(
+        default_factory=VisionStageConfig,
+        metadata={"help": "stage 0, the vision tower alone (`training.vision_stage.VisionStageConfig`)"},
     )
     render_workers: int = field(
         default=2, metadata={"help": "processes rendering stage 0's image pool (1: in this process)"}
@@ -213,8 +181,8 @@ class PretrainBaseConfig:
         check_stage_settings(self)
         check_at_least(self, 1, "steps", "batch_size", "micro_batch_size", "questions_per_image", "save_every",
                        "log_every", "eval_batch_size", "checkpoints_total_limit", "num_train_images",
-                       "num_eval_images", "vision_batch_size")
-        check_at_least(self, 0, "vision_steps", "warmup_steps", "eval_every")
+                       "num_eval_images")
+        check_at_least(self, 0, "warmup_steps", "eval_every")
 
 
 # ------------------------------------------------------------------------------------------------ conversations
@@ -228,87 +196,6 @@ def sample_batch(items, step: int, config: PretrainBaseConfig) -> list[tuple[int
     rng = np.random.default_rng([config.seed, step])
     return [(index, conversation(items[index], config.task_weights, config.questions_per_image, rng))
             for index in rng.integers(len(items), size=config.batch_size).tolist()]
-
-
-# ------------------------------------------------------------------------------------------------ encoding
-def user_messages(question: str, with_image: bool = True) -> list[dict]:
-    """A user turn; the first one of a conversation shows the image before the question, as the rubric does."""
-    content = [{"type": "image"}] if with_image else []
-    return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
-
-
-class Encoder:
-    """Turns rows `(image index, [(question, answer), ...])` into model inputs, as the official processor builds them.
-
-    The first user turn shows the image (the processor expands its placeholder into image tokens); each answer is
-    followed by the end-of-turn token; a `None` answer ends the row at the generation prompt (for reading the next
-    token). Rows are right-padded. Each answer token carries the weight 1 / (answer length) in `label_weights`, so
-    a one-word answer weighs as much as a description. Images go through `QwenVLImageTransform`, bit-identical to
-    the processor's pixels.
-    """
-
-    def __init__(self, processor, images: torch.Tensor):
-        self.processor = processor
-        self.images = images  # (N, H, W, 3) uint8
-        self.transform = QwenVLImageTransform.from_image_processor(processor.image_processor)
-        self.end_of_turn = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self._prompts: dict[tuple[str, bool], tuple[list[int], list[int]]] = {}
-        height, width = images.shape[1:3]
-        self._blank = Image.new("RGB", (width, height))
-
-    def prompt(self, question: str, first: bool) -> tuple[list[int], list[int]]:
-        """`input_ids` and `mm_token_type_ids` (1 on image tokens) of a user turn and the generation prompt."""
-        if (question, first) not in self._prompts:
-            text = self.processor.apply_chat_template(user_messages(question, with_image=first),
-                                                      add_generation_prompt=True, tokenize=False)
-            if first:
-                encoded = self.processor(text=[text], images=[self._blank], add_special_tokens=False)
-                self._prompts[question, first] = (list(encoded["input_ids"][0]), list(encoded["mm_token_type_ids"][0]))
-            else:  # the newline closes the previous assistant turn
-                ids = self.processor.tokenizer.encode("\n" + text, add_special_tokens=False)
-                self._prompts[question, first] = (ids, [0] * len(ids))
-        return self._prompts[question, first]
-
-    def answer_ids(self, answer: str | None) -> list[int]:
-        if answer is None:
-            return []
-        return self.processor.tokenizer.encode(answer, add_special_tokens=False) + [self.end_of_turn]
-
-    def single_token_id(self, answer: str) -> int:
-        ids = self.processor.tokenizer.encode(answer, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"evaluated answers must be single tokens; {answer!r} is {ids} (raise `vocab_size`)")
-        return ids[0]
-
-    def _row(self, turns) -> tuple[list[int], list[int], list[float]]:
-        ids, types, weights = [], [], []
-        for turn, (question, answer) in enumerate(turns):
-            prompt_ids, prompt_types = self.prompt(question, first=turn == 0)
-            answer_ids = self.answer_ids(answer)
-            ids += prompt_ids + answer_ids
-            types += prompt_types + [0] * len(answer_ids)
-            weights += [0.0] * len(prompt_ids) + [1.0 / max(len(answer_ids), 1)] * len(answer_ids)
-        return ids, types, weights
-
-    def length(self, row) -> int:
-        return len(self._row(row[1])[0])
-
-    def __call__(self, rows) -> dict[str, torch.Tensor]:
-        encoded = [self._row(turns) for _, turns in rows]
-        shape = (len(rows), max(len(ids) for ids, _, _ in encoded))
-        input_ids = torch.full(shape, self.processor.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros(shape, dtype=torch.long)
-        mm_token_type_ids = torch.zeros(shape, dtype=torch.long)
-        label_weights = torch.zeros(shape)
-        for row, (ids, types, weights) in enumerate(encoded):  # right padding
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-            mm_token_type_ids[row, : len(ids)] = torch.tensor(types)
-            label_weights[row, : len(ids)] = torch.tensor(weights)
-        images = self.images[[index for index, _ in rows]]  # (B, H, W, 3) uint8
-        pixels = self.transform(images.permute(0, 3, 1, 2).float() / 255.0)  # (B, 3, H, W) in [0, 1]
-        return dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
-                    label_weights=label_weights, **pixels)
 
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -330,7 +217,8 @@ def weighted_answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (nll * batch["label_weights"][:, first : last + 1]).sum()
 
 
-def train_step(model, encoder: Encoder, rows, accelerator: Accelerator, micro_batch_size: int) -> torch.Tensor:
+def train_step(model, encoder: ConversationEncoder, rows, accelerator: Accelerator,
+               micro_batch_size: int) -> torch.Tensor:
     """Backpropagate the mean over the step's answers of each answer's mean token NLL; returns this process's share
     (detached; the mean over processes of the shares is the step's loss).
 
@@ -355,7 +243,8 @@ def train_step(model, encoder: Encoder, rows, accelerator: Accelerator, micro_ba
 
 
 @torch.no_grad()
-def name_attributes(model, encoder: Encoder, indices: list[int], batch_size: int, device=None) -> dict[str, list[str]]:
+def name_attributes(model, encoder: ConversationEncoder, indices: list[int], batch_size: int,
+                    device=None) -> dict[str, list[str]]:
     """The answer the model gives for each attribute of `EVAL_CANDIDATES` on images `indices` of `encoder.images`:
     the candidate of highest log-likelihood.
 
@@ -379,7 +268,7 @@ def name_attributes(model, encoder: Encoder, indices: list[int], batch_size: int
 
 
 @torch.no_grad()
-def evaluate(model, encoder: Encoder, indices: list[int], scenes: list[Scene], accelerator: Accelerator,
+def evaluate(model, encoder: ConversationEncoder, indices: list[int], scenes: list[Scene], accelerator: Accelerator,
              batch_size: int) -> dict[str, float]:
     """Held-out accuracy of naming each attribute in `EVAL_CANDIDATES` (`name_attributes`).
 
@@ -457,7 +346,7 @@ def model_overrides(name: str, overrides: dict, config: PretrainBaseConfig) -> t
     """A model's config overrides (with the processor's patch size), its stage-0 steps and its stage-1 steps (its own
     `vision_steps` and `steps` in `models`, else the config's)."""
     overrides = dict(overrides)
-    vision_steps = model_steps(name, "vision_steps", overrides.pop("vision_steps", config.vision_steps))
+    vision_steps = model_steps(name, "vision_steps", overrides.pop("vision_steps", config.vision.steps))
     steps = model_steps(name, "steps", overrides.pop("steps", config.steps))
     overrides["vision_config"] = dict(overrides.get("vision_config", {}), patch_size=config.patch_size)
     return overrides, vision_steps, steps
@@ -477,7 +366,8 @@ def vision_groups(models: dict, steps: dict[str, int], shared: bool) -> list[lis
 
 
 def run_vision_stage(group: list[str], models: dict, steps: int, config: PretrainBaseConfig, accelerator: Accelerator,
-                     encoder: Encoder, vision_pool, eval_indices: list[int], eval_scenes: list[Scene]) -> dict:
+                     encoder: ConversationEncoder, vision_pool, eval_indices: list[int],
+                     eval_scenes: list[Scene]) -> dict:
     """Stage 0 (`training.vision_stage`) for one group of models sharing a trunk; returns `{name: its summary}`.
 
     A resumed run whose models all have a conversation-stage state does not repeat it (that state holds the whole
@@ -488,9 +378,9 @@ def run_vision_stage(group: list[str], models: dict, steps: int, config: Pretrai
         return {name: json.loads((checkpoints / f"{name}-vision.json").read_text()) for name in group}
     if len(group) > 1:
         logger.info("stage 0: %s share one vision trunk", ", ".join(group))
-    result = train_vision({name: models[name] for name in group}, replace(config, vision_steps=steps), accelerator,
-                          encoder.transform, *vision_pool, encoder.images[eval_indices], eval_scenes,
-                          checkpoints / f"{'+'.join(group)}-vision")
+    stage = replace(config, vision=replace(config.vision, steps=steps))
+    result = train_vision({name: models[name] for name in group}, stage, accelerator, encoder.transform, *vision_pool,
+                          encoder.images[eval_indices], eval_scenes, checkpoints / f"{'+'.join(group)}-vision")
     summaries = {}
     for name in group:
         summaries[name] = dict(probe_accuracy=result["probe_accuracy"][name], train_seconds=result["train_seconds"],
@@ -504,8 +394,9 @@ def run_vision_stage(group: list[str], models: dict, steps: int, config: Pretrai
     return summaries
 
 
-def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accelerator, processor, encoder: Encoder,
-                train_items, eval_indices: list[int], eval_scenes: list[Scene], vision: dict | None = None) -> dict:
+def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accelerator, processor,
+                encoder: ConversationEncoder, train_items, eval_indices: list[int], eval_scenes: list[Scene],
+                vision: dict | None = None) -> dict:
     """Train `model` (built by `build_model`, its tower through stage 0 if `vision`, that stage's summary) on the
     conversations, save it to `<output_dir>/<name>`; returns its metrics and its step losses (all steps, resumed runs
     included; `metrics.json` keeps a `loss_curve` of window means for plots).
@@ -577,20 +468,20 @@ def render_pool(seed: int, image_size: int, start_group: int, num_images: int,
 
 
 def pool_from_train(config: PretrainBaseConfig, num_train_images: int) -> int:
-    """How many of stage 0's `vision_num_images` are the conversations' training images (the first ones)."""
-    return min(num_train_images, config.vision_num_images) if config.vision_pool_from_train else 0
+    """How many of stage 0's `vision.num_images` are the conversations' training images (the first ones)."""
+    return min(num_train_images, config.vision.num_images) if config.vision.pool_from_train else 0
 
 
 def world_groups(config: PretrainBaseConfig, stage_0: bool) -> dict:
     """The world groups a model's run used, `[first, end)` per part (and `world_seed`), so that benchmarks can hold
     out others (`benchmarks/base_models.py` checks). `stage_0` holds the groups of stage 0's own images, after the
-    held-out ones; its pool's training images (`vision_pool_from_train`) are in `train`."""
+    held-out ones; its pool's training images (`vision.pool_from_train`) are in `train`."""
     group_size = WorldConfig(image_size=config.image_size).group_size
     train = math.ceil(config.num_train_images / group_size)
     held_out = train + math.ceil(config.num_eval_images / group_size)
     used = dict(world_seed=config.world_seed, train=[0, train], held_out=[train, held_out])
     if stage_0:
-        own = config.vision_num_images - pool_from_train(config, config.num_train_images)
+        own = config.vision.num_images - pool_from_train(config, config.num_train_images)
         used["stage_0"] = [held_out, held_out + math.ceil(own / group_size)]
     return used
 
@@ -607,23 +498,15 @@ def check_patch_size(config: PretrainBaseConfig) -> None:
                              f"`patch_size` {config.patch_size}")
 
 
-OPTIMIZERS = ("adamw", "muon")
 # Left to AdamW by the conversation stage's Muon: the token embeddings and the output head (Jordan et al. 2024)
 MUON_EXCLUDE = ("model.language_model.embed_tokens", "lm_head")
 
 
 def check_stage_settings(config: PretrainBaseConfig) -> None:
-    """Stage 0's `vision_head`, `vision_cell_weight`, `render_workers`, and both stages' optimizers and Muon learning
-    rates are valid."""
-    if config.vision_head not in HEADS:
-        raise ValueError(f"`vision_head` must be one of {HEADS}, got {config.vision_head!r}")
-    for name in ("optimizer", "vision_optimizer"):
-        if getattr(config, name) not in OPTIMIZERS:
-            raise ValueError(f"`{name}` must be one of {OPTIMIZERS}, got {getattr(config, name)!r}")
-    for name in ("vision_cell_weight", "vision_muon_lr", "muon_lr"):
-        weight = getattr(config, name)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"`{name}` must be a finite number >= 0, got {weight!r}")
+    """The conversation stage's optimizer and Muon learning rate and `render_workers` are valid (stage 0's settings
+    check themselves: `VisionStageConfig`)."""
+    check_choice(config, "optimizer", OPTIMIZERS)
+    check_non_negative(config, "muon_lr")
     check_render_workers(config.render_workers)
 
 
@@ -648,42 +531,39 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     built = {name: model_overrides(name, overrides, config) for name, overrides in config.models.items()}
     vision_pool = None
     if any(steps for _, steps, _ in built.values()):
-        # stage 0's pool: the training images (`vision_pool_from_train`), then world groups after the held-out ones
+        # stage 0's pool: the training images (`vision.pool_from_train`), then world groups after the held-out ones
         reused = pool_from_train(config, len(train_items))
         own_images, own_scenes = render_pool(config.world_seed, config.image_size, num_train_groups + num_eval_groups,
-                                             config.vision_num_images - reused, config.render_workers)
+                                             config.vision.num_images - reused, config.render_workers)
         vision_pool = (torch.cat([images[:reused], own_images]), [item.scene for item in train_items[:reused]]
                        + own_scenes)
         del own_images
         data_seconds = time.perf_counter() - started
 
     processor = build_processor(build_tokenizer(train_items, config.vocab_size), config)
-    encoder = Encoder(processor, images)
+    encoder = ConversationEncoder(processor, images)
     logger.info("world: %d training and %d held-out images in %.1f s; vocabulary %d", len(train_items),
                 len(eval_items), data_seconds, len(processor.tokenizer))
     if config.log_with:
-        hparams = {key: value for key, value in asdict(config).items() if isinstance(value, int | float | str)}
-        accelerator.init_trackers("pretrain_base", config=hparams)
+        accelerator.init_trackers("pretrain_base", config=scalar_fields(config))  # `vision.steps` and so on
 
     models = {name: build_model(processor.tokenizer, built[name][0], config.seed) for name in built}
     steps = {name: vision_steps for name, (_, vision_steps, _) in built.items()}
-    # one attention call per vision layer for the batch of equal-sized images, not one per image (same values)
-    with batched_vision_attention(*models.values()):
-        vision = {}
-        for group in vision_groups(models, steps, config.vision_shared):
-            vision.update(run_vision_stage(group, models, steps[group[0]], config, accelerator, encoder, vision_pool,
-                                           eval_indices, eval_scenes))
-        vision_pool = None  # stage 1 does not need it: 1.5 GB back
-        results = {}
-        metrics_path = Path(config.output_dir) / METRICS_FILE
-        for name in config.models:
-            results[name] = train_model(name, models.pop(name), replace(config, steps=built[name][2]), accelerator,
-                                        processor, encoder, train_items, eval_indices, eval_scenes, vision.get(name))
-            if accelerator.is_main_process:
-                metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-                metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}
-                metrics_path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
-                metrics_path.with_suffix(".tmp").replace(metrics_path)
+    vision = {}
+    for group in vision_groups(models, steps, config.vision.shared):
+        vision.update(run_vision_stage(group, models, steps[group[0]], config, accelerator, encoder, vision_pool,
+                                       eval_indices, eval_scenes))
+    vision_pool = None  # stage 1 does not need it: 1.5 GB back
+    results = {}
+    metrics_path = Path(config.output_dir) / METRICS_FILE
+    for name in config.models:
+        results[name] = train_model(name, models.pop(name), replace(config, steps=built[name][2]), accelerator,
+                                    processor, encoder, train_items, eval_indices, eval_scenes, vision.get(name))
+        if accelerator.is_main_process:
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+            metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}
+            metrics_path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
+            metrics_path.with_suffix(".tmp").replace(metrics_path)
     accelerator.end_training()
     return results
 

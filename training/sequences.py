@@ -1,4 +1,5 @@
-"""Reward-model rows for training: image, prompt, rubric dimension, optional reasoning — encoded, run and read.
+"""Reward-model rows for training: image, prompt, rubric dimension, optional reasoning — encoded, run and read; and
+the conversations the world's base models are pretrained on (`ConversationEncoder`).
 
 A row is one (image, prompt, dimension) input with an optional reasoning chain. Its tokens are built segment by
 segment, as `ZRewardScorer` reads them at inference (`tests/test_training_sequences.py` checks that the two
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from zreward_diffusers.preprocessing import image_transform_for
+from zreward_diffusers.preprocessing import QwenVLImageTransform, image_transform_for
 from zreward_diffusers.rubric import Rubric
 from zreward_diffusers.scorer import _sequence_fields, score_token_ids
 
@@ -217,3 +218,85 @@ def sample_reasoning(model, encoder: RowEncoder, rows: list[Row], num_samples: i
 def expected_from_log_probs(score_log_probs: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """μ = Σ_k p_k v_k from log-probabilities `(..., K)`."""
     return (score_log_probs.exp() * levels.to(score_log_probs)).sum(-1)
+
+
+def user_messages(question: str, with_image: bool = True) -> list[dict]:
+    """A user turn; the first one of a conversation shows the image before the question, as the rubric does."""
+    content = [{"type": "image"}] if with_image else []
+    return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
+
+
+class ConversationEncoder:
+    """Turns conversations about one image, `(image index, [(question, answer), ...])`, into training inputs, as the
+    official processor builds them (the base models' pretraining, `training.pretrain_base`; `RowEncoder` encodes a
+    rubric's single turn for the reward models).
+
+    The first user turn shows the image (the processor expands its placeholder into image tokens); each answer is
+    followed by the end-of-turn token; a `None` answer ends the row at the generation prompt (for reading the next
+    token). Rows are right-padded. Each answer token carries the weight 1 / (answer length) in `label_weights`, so
+    a one-word answer weighs as much as a description. Images go through `QwenVLImageTransform`, bit-identical to
+    the processor's pixels.
+    """
+
+    def __init__(self, processor, images: torch.Tensor):
+        self.processor = processor
+        self.images = images  # (N, H, W, 3) uint8
+        self.transform = QwenVLImageTransform.from_image_processor(processor.image_processor)
+        self.end_of_turn = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self._prompts: dict[tuple[str, bool], tuple[list[int], list[int]]] = {}
+        height, width = images.shape[1:3]
+        self._blank = Image.new("RGB", (width, height))
+
+    def prompt(self, question: str, first: bool) -> tuple[list[int], list[int]]:
+        """`input_ids` and `mm_token_type_ids` (1 on image tokens) of a user turn and the generation prompt."""
+        if (question, first) not in self._prompts:
+            text = self.processor.apply_chat_template(user_messages(question, with_image=first),
+                                                      add_generation_prompt=True, tokenize=False)
+            if first:
+                encoded = self.processor(text=[text], images=[self._blank], add_special_tokens=False)
+                self._prompts[question, first] = (list(encoded["input_ids"][0]), list(encoded["mm_token_type_ids"][0]))
+            else:  # the newline closes the previous assistant turn
+                ids = self.processor.tokenizer.encode("\n" + text, add_special_tokens=False)
+                self._prompts[question, first] = (ids, [0] * len(ids))
+        return self._prompts[question, first]
+
+    def answer_ids(self, answer: str | None) -> list[int]:
+        if answer is None:
+            return []
+        return self.processor.tokenizer.encode(answer, add_special_tokens=False) + [self.end_of_turn]
+
+    def single_token_id(self, answer: str) -> int:
+        ids = self.processor.tokenizer.encode(answer, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"evaluated answers must be single tokens; {answer!r} is {ids} (raise `vocab_size`)")
+        return ids[0]
+
+    def _row(self, turns) -> tuple[list[int], list[int], list[float]]:
+        ids, types, weights = [], [], []
+        for turn, (question, answer) in enumerate(turns):
+            prompt_ids, prompt_types = self.prompt(question, first=turn == 0)
+            answer_ids = self.answer_ids(answer)
+            ids += prompt_ids + answer_ids
+            types += prompt_types + [0] * len(answer_ids)
+            weights += [0.0] * len(prompt_ids) + [1.0 / max(len(answer_ids), 1)] * len(answer_ids)
+        return ids, types, weights
+
+    def length(self, row) -> int:
+        return len(self._row(row[1])[0])
+
+    def __call__(self, rows) -> dict[str, torch.Tensor]:
+        encoded = [self._row(turns) for _, turns in rows]
+        shape = (len(rows), max(len(ids) for ids, _, _ in encoded))
+        input_ids = torch.full(shape, self.processor.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        mm_token_type_ids = torch.zeros(shape, dtype=torch.long)
+        label_weights = torch.zeros(shape)
+        for row, (ids, types, weights) in enumerate(encoded):  # right padding
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            mm_token_type_ids[row, : len(ids)] = torch.tensor(types)
+            label_weights[row, : len(ids)] = torch.tensor(weights)
+        images = self.images[[index for index, _ in rows]]  # (B, H, W, 3) uint8
+        pixels = self.transform(images.permute(0, 3, 1, 2).float() / 255.0)  # (B, 3, H, W) in [0, 1]
+        return dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
+                    label_weights=label_weights, **pixels)

@@ -18,17 +18,18 @@ Two choices make the tower learn faster per image (measured: docs/experiments/ba
   for every token rather than one per image, as in dense vision pretraining (e.g. DETR-style detection heads, Carion
   et al. 2020, arXiv 2005.12872; SigLIP 2's local losses, Tschannen et al. 2025, arXiv 2502.14786).
 
-Models whose towers have the same config can share the stage (`SharedVisionClassifier`, `vision_shared` in the
+Models whose towers have the same config can share the stage (`SharedVisionClassifier`, `vision.shared` in the
 base config, the default): one trunk (patch embedding and blocks) is trained for all of them, each with its own
 merger and heads, at about the cost of one tower; afterwards every model holds the trained trunk. Real model families
 share their vision encoder across sizes in the same way (Qwen2-VL's 2B and 7B, Wang et al. 2024, arXiv 2409.12191).
 
-The optimizer is AdamW, or with `vision_optimizer: muon` Muon on the tower's and mergers' weight matrices and AdamW on
+The optimizer is AdamW, or with `vision.optimizer: muon` Muon on the tower's and mergers' weight matrices and AdamW on
 the rest (`training.optim.MuonAdamW`; Jordan et al. 2024): measured here, Muon names shape after 2,500 steps as well
 as AdamW after about 8,000 (docs/experiments/base-models.md).
 
 Each step's images are a function of `(seed, step)`; the stage saves a training state (tower, heads, optimizer moments,
-scheduler, RNG) every `save_every` steps, so `--resume` continues it exactly.
+scheduler, RNG) every `save_every` steps, so `--resume` continues it exactly. Its settings are `VisionStageConfig`,
+the base config's `vision` field (`--vision.steps` and so on).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,8 @@ from zreward_diffusers.preprocessing import QwenVLImageTransform
 from zreward_diffusers.synthetic import Scene
 from zreward_diffusers.synthetic.grammar import BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES
 
+from .config import check_at_least, check_choice, check_non_negative
+from .optim import OPTIMIZERS
 from .state import Progress, loss_curve, start_or_resume
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,59 @@ TARGETS: dict[str, tuple[int, Callable[[Scene], int]]] = {
 }
 # Reported after the stage (the attributes the base models must name).
 REPORTED = ("colour", "shape", "count")
+HEADS = ("tokens", "mean")
+
+
+@dataclass
+class VisionStageConfig:
+    """Stage 0 of base pretraining: the vision tower alone, trained to classify the scene's attributes before the
+    conversations (`train_vision`). `PretrainBaseConfig.vision` holds it: `vision: {steps: 5000}` in the YAML file,
+    `--vision.steps 5000` on the command line. The learning-rate schedule (`lr_scheduler`, `warmup_steps`), weight
+    decay, gradient clipping, seed, checkpoints and logging are the base config's, shared with stage 1."""
+
+    steps: int = field(
+        default=5000, metadata={"help": "steps training the vision tower alone to classify the scene's attributes "
+                                        "(`training.vision_stage`), before the conversations; 0 skips it (a model "
+                                        "may set its own `vision_steps` in `models`)"}
+    )
+    head: str = field(
+        default="tokens",
+        metadata={"help": "the heads read the tower's output tokens side by side (`tokens`) or their `mean`"},
+    )
+    cell_weight: float = field(
+        default=3.0,
+        metadata={"help": "weight of the dense targets (each output token names the shape and number of the objects "
+                          "centred in its cell of the image); 0 turns them off"},
+    )
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate (the base config's `lr_scheduler`)"})
+    optimizer: str = field(
+        default="muon",
+        metadata={"help": "`adamw`, or `muon` (`training.optim.MuonAdamW`: Muon on the tower's and mergers' weight "
+                          "matrices at `vision.muon_lr`, AdamW at `vision.lr` on the rest)"},
+    )
+    muon_lr: float = field(default=0.02, metadata={"help": "Muon's peak learning rate"})
+    batch_size: int = field(default=64, metadata={"help": "images per step, over all processes"})
+    num_images: int = field(
+        default=163840, metadata={"help": "images in its pool (1.54 GB of 56 px images per process): the "
+                                          "conversations' training images if `vision.pool_from_train`, then world "
+                                          "groups after the held-out ones"}
+    )
+    pool_from_train: bool = field(
+        default=True, metadata={"help": "its pool starts with the conversations' training images (no second "
+                                        "rendering of them); false: only world groups after the held-out ones"}
+    )
+    shared: bool = field(
+        default=True,
+        metadata={"help": "models whose vision towers have the same config and stage-0 steps train one shared trunk "
+                          "(patch embedding and blocks), each with its own merger and heads"},
+    )
+
+    def __post_init__(self):
+        check_at_least(self, 0, "steps", prefix="vision.")
+        check_at_least(self, 1, "batch_size", "num_images", prefix="vision.")
+        check_choice(self, "head", HEADS, prefix="vision.")
+        check_choice(self, "optimizer", OPTIMIZERS, prefix="vision.")
+        check_non_negative(self, "cell_weight", "muon_lr", prefix="vision.")
 
 
 def scene_targets(scenes: list[Scene]) -> torch.Tensor:
@@ -81,7 +138,6 @@ def scene_targets(scenes: list[Scene]) -> torch.Tensor:
 
 
 MAX_CELL_COUNT = 3  # objects centred in one cell, capped (dense targets)
-HEADS = ("tokens", "mean")
 
 
 def cell_targets(scenes: list[Scene], grid: tuple[int, int]) -> torch.Tensor:
@@ -250,46 +306,48 @@ def probe_accuracy(classifier: SharedVisionClassifier, transform: QwenVLImageTra
 def train_vision(models: dict[str, nn.Module], config, accelerator: Accelerator, transform: QwenVLImageTransform,
                  images: torch.Tensor, scenes: list[Scene], eval_images: torch.Tensor, eval_scenes: list[Scene],
                  state_dir: Path) -> dict:
-    """Run stage 0 for `config.vision_steps` steps on the towers of `models` (name -> VLM), which share one trunk
+    """Run stage 0 for `config.vision.steps` steps on the towers of `models` (name -> VLM), which share one trunk
     (`SharedVisionClassifier`; a single model trains its own tower); returns the probe accuracy of each model's
     heads (`probe_accuracy`: name -> attribute -> accuracy) and the stage's step losses (summed over the models).
 
-    `images` (N, H, W, 3) uint8 and their `scenes` are the training pool; `config` is a `PretrainBaseConfig`. At the
-    end every model's tower holds the trained trunk and its own trained merger.
+    `images` (N, H, W, 3) uint8 and their `scenes` are the training pool; `config` is a `PretrainBaseConfig`: its
+    `vision` (`VisionStageConfig`) settings, and its schedule, seed, checkpoint and logging ones. At the end every
+    model's tower holds the trained trunk and its own trained merger.
     """
     towers = {name: model.model.visual for name, model in models.items()}
     first = next(iter(towers.values()))
     grid = transform(images[:1].permute(0, 3, 1, 2).float() / 255.0)["image_grid_thw"][0].tolist()
     merge = first.spatial_merge_size
     rows, columns = grid[1] // merge, grid[2] // merge
-    cells = config.vision_cell_weight > 0
+    stage = config.vision
+    cells = stage.cell_weight > 0
     classifier = SharedVisionClassifier(
         towers, {name: model.config.text_config.hidden_size for name, model in models.items()},
-        head=config.vision_head, num_tokens=grid[0] * rows * columns, cells=cells)
+        head=stage.head, num_tokens=grid[0] * rows * columns, cells=cells)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         for heads in classifier.classifiers.values():
             heads.reset_heads()
     label = "+".join(models)
-    muon = config.vision_optimizer == "muon"
     prepared, optimizer, scheduler, checkpoints, progress = start_or_resume(
-        classifier, config.vision_lr, config.vision_steps, config, accelerator, state_dir,
-        muon_lr=config.vision_muon_lr if muon else None, muon_exclude=("classifiers.",))  # the heads: AdamW
+        classifier, stage.lr, stage.steps, config, accelerator, state_dir,
+        muon_lr=stage.muon_lr if stage.optimizer == "muon" else None,
+        muon_exclude=("classifiers.",))  # the heads: AdamW
     start_step, train_seconds, extra = progress.step, progress.train_seconds, progress.extra
     targets = scene_targets(scenes)
     dense = cell_targets(scenes, (rows, columns)) if cells else None
     rank, world = accelerator.process_index, accelerator.num_processes
     losses = list(extra.get("losses", []))
-    progress = tqdm(range(start_step, config.vision_steps), desc=f"{label} (vision)",
+    progress = tqdm(range(start_step, stage.steps), desc=f"{label} (vision)",
                     disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
     for step in progress:
-        rows = sample_indices(len(images), step, config.seed, config.vision_batch_size)[rank::world]
+        rows = sample_indices(len(images), step, config.seed, stage.batch_size)[rank::world]
         pixels = transform(images[rows].permute(0, 3, 1, 2).float() / 255.0)
         logits = prepared(**{k: v.to(accelerator.device) for k, v in pixels.items()})
         step_targets = targets[rows].to(accelerator.device)
         step_cells = dense[rows].to(accelerator.device) if cells else None
-        loss = sum(classification_loss(model_logits, step_targets, step_cells, config.vision_cell_weight)
+        loss = sum(classification_loss(model_logits, step_targets, step_cells, stage.cell_weight)
                    for model_logits in logits.values())
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(prepared.parameters(), config.max_grad_norm)
@@ -301,7 +359,7 @@ def train_vision(models: dict[str, nn.Module], config, accelerator: Accelerator,
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
         if done % config.log_every == 0:
             accelerator.log({f"{label}/vision/loss": losses[-1]}, step=done)
-        if done % config.save_every == 0 or done == config.vision_steps:
+        if done % config.save_every == 0 or done == stage.steps:
             elapsed = train_seconds + time.perf_counter() - started
             checkpoints.save(Progress(done, elapsed, {"losses": losses}))
     train_seconds += time.perf_counter() - started
@@ -310,5 +368,5 @@ def train_vision(models: dict[str, nn.Module], config, accelerator: Accelerator,
     logger.info("%s vision stage: held-out probe accuracy %s", label, accuracy)
     unwrapped.copy_trunk(towers)
     accelerator.free_memory(prepared, optimizer, scheduler)
-    return dict(probe_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.vision_steps,
+    return dict(probe_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=stage.steps,
                 loss_curve=loss_curve(losses), losses=losses)

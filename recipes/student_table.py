@@ -2,20 +2,22 @@
 baseline (same student backbone, data and budget), over seeds, plus the RISD ablations (M ∈ {1, 4, 8}; without the
 gap term). The teacher cache is built once (M = 8) and shared: M = 1 and M = 4 average its first chains.
 
-    python -m benchmarks.student_table --teacher runs/teacher/gdso/model --seeds 0 1 2
+    python -m recipes.student_table --config recipes/profiles/student_table.yaml   # the measured table
+    python -m recipes.student_table --teacher runs/my_teacher/gdso/model --seeds [0]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from training.config import load_config
+from training.config import check_at_least, load_config, parse_args
 from training.opd import OPDConfig, OPDTrainer
 from training.risd import RISDConfig, RISDTrainer
 from training.trainer import run_cached as run
@@ -30,17 +32,33 @@ VARIANTS = {
 }
 
 
+@dataclass
+class StudentTableConfig:
+    """The student table: RISD against its teacher and OPD over seeds, and RISD's ablations."""
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Measurement": ("teacher", "seeds", "ablation_seeds", "steps"),
+        "Output": ("out",),
+    }
+
+    teacher: str = field(default="runs/teacher/gdso/model",
+                         metadata={"help": "the GDSO teacher (`python -m recipes.teacher`); its metrics.json beside"})
+    seeds: list = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds of RISD and OPD"})
+    ablation_seeds: list = field(default_factory=lambda: [0], metadata={"help": "seeds of the ablations"})
+    steps: int = field(default=400, metadata={"help": "training steps of every student"})
+    out: str = field(default="runs/benchmarks/student_table", metadata={"help": "runs and table.json"})
+
+    def __post_init__(self):
+        check_at_least(self, 1, "steps")
+        for name in ("seeds", "ablation_seeds"):
+            seeds = getattr(self, name)
+            if not seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
+                raise ValueError(f"`{name}` must be a non-empty list of integers, got {seeds!r}")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    measured = parser.add_argument_group("Measurement")
-    output = parser.add_argument_group("Output")
-    measured.add_argument("--teacher", default="runs/teacher/gdso/model")
-    measured.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    measured.add_argument("--ablation_seeds", type=int, nargs="+", default=[0])
-    measured.add_argument("--steps", type=int, default=400)
-    output.add_argument("--out", default="runs/benchmarks/student_table")
-    args = parser.parse_args(argv)
+    args = parse_args(StudentTableConfig, argv)
     started = time.perf_counter()
     teacher_metrics = json.loads((Path(args.teacher).parent / "metrics.json").read_text())
     results = {name: [] for name in VARIANTS}
@@ -66,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     print(f"\nin {time.perf_counter() - started:.0f} s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "table.json").write_text(json.dumps({"args": vars(args), "teacher": teacher,
+    (Path(args.out) / "table.json").write_text(json.dumps({"args": asdict(args), "teacher": teacher,
                                                            "accuracy": results}, indent=2))
 
 

@@ -17,7 +17,7 @@ from zreward_diffusers.synthetic.world import DIMENSIONS
 
 
 def held_out_world():
-    """The world of the reward trainers' held-out groups (`pipelines.demo.EVAL`), and its first group index."""
+    """The world of the reward trainers' held-out groups (`recipes.demo.EVAL`), and its first group index."""
     from zreward_diffusers.synthetic.world import SyntheticWorld, WorldConfig
 
     from .demo import EVAL

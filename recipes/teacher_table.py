@@ -6,21 +6,23 @@ Budget, in optimizer steps of the same batch size: every method gets `sft_steps 
 for `rl_steps` more (the same run resumed, so it is the same model the RL methods start from); BT and RewardDance train
 for `sft_steps + rl_steps` steps from the base. Every run's stage is cached (`<out>/seed<k>/<method>/metrics.json`).
 
-    python -m benchmarks.teacher_table --seeds 0 1 2 --out runs/benchmarks/teacher_table
+    python -m recipes.teacher_table --config recipes/profiles/teacher_table.yaml   # the measured table
+    python -m recipes.teacher_table --seeds [0] --rl_steps 50 --out runs/teacher_table_short
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from training.config import load_config
+from training.config import check_at_least, load_config, parse_args
 from training.gdso import GDSOConfig, GDSOTrainer
 from training.scalar_baselines import BradleyTerryTrainer, RewardDanceTrainer, ScalarConfig
 from training.sft import SFTConfig, SFTTrainer
@@ -30,6 +32,28 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 METHODS = ("sft", "grpo", "bradley_terry", "rewarddance", "gdso")
 LABELS = {"sft": "SFT (cold start only)", "grpo": "GRPO (sampled score token)",
           "bradley_terry": "scalar Bradley-Terry", "rewarddance": "RewardDance-style P(yes)", "gdso": "GDSO (ours)"}
+
+
+@dataclass
+class TeacherTableConfig:
+    """The teacher table: every method's held-out preference accuracy at equal budget, over seeds."""
+
+    help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Measurement": ("seeds", "sft_steps", "rl_steps", "train_groups", "eval_groups"),
+        "Output": ("out",),
+    }
+
+    seeds: list = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds, one full table each"})
+    sft_steps: int = field(default=400, metadata={"help": "the cold start's steps (SFT before GDSO and GRPO)"})
+    rl_steps: int = field(default=100, metadata={"help": "GDSO's and GRPO's steps after the cold start"})
+    train_groups: int = field(default=2048, metadata={"help": "training prompt groups of every method"})
+    eval_groups: int = field(default=64, metadata={"help": "held-out prompt groups"})
+    out: str = field(default="runs/benchmarks/teacher_table", metadata={"help": "runs and table.json"})
+
+    def __post_init__(self):
+        check_at_least(self, 1, "sft_steps", "rl_steps", "train_groups", "eval_groups")
+        if not self.seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in self.seeds):
+            raise ValueError(f"`seeds` must be a non-empty list of integers, got {self.seeds!r}")
 
 
 def seed_runs(seed: int, args) -> dict[str, dict]:
@@ -61,16 +85,7 @@ def seed_runs(seed: int, args) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    measured = parser.add_argument_group("Measurement")
-    output = parser.add_argument_group("Output")
-    measured.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    measured.add_argument("--sft_steps", type=int, default=400)
-    measured.add_argument("--rl_steps", type=int, default=100)
-    measured.add_argument("--train_groups", type=int, default=2048)
-    measured.add_argument("--eval_groups", type=int, default=64)
-    output.add_argument("--out", default="runs/benchmarks/teacher_table")
-    args = parser.parse_args(argv)
+    args = parse_args(TeacherTableConfig, argv)
     started = time.perf_counter()
     table = {method: [] for method in METHODS}
     for seed in args.seeds:
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     print(f"\n{len(args.seeds)} seeds in {time.perf_counter() - started:.0f} s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "table.json").write_text(json.dumps({"args": vars(args), "accuracy": table}, indent=2))
+    (Path(args.out) / "table.json").write_text(json.dumps({"args": asdict(args), "accuracy": table}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The whole paper in miniature, on the embedded default: `make demo` (`make demo QUICK=1` for a smoke run).
 
-    python -m pipelines.demo --out runs/demo                  # about 25 minutes on 2 CPU cores
-    python -m pipelines.demo --out runs/demo_quick --profile quick   # a few minutes, numbers meaningless
-    python -m pipelines.demo --out runs/demo_full --profile full     # the benchmark-size stages (about 90 min)
+    python -m recipes.demo --out runs/demo                          # about 25 minutes on 2 CPU cores
+    python -m recipes.demo --out runs/demo_quick --profile quick    # a few minutes, numbers meaningless
+    python -m recipes.demo --out runs/demo_full --profile full      # the benchmark-size stages (about 90 min)
+    python -m recipes.demo --out runs/mine --profile my_profile.yaml
 
-Stages (each a subprocess running an ordinary entry point with a config written to `<out>/configs/`, its log in
-`<out>/logs/`; a finished stage is skipped on the next run, an interrupted one resumes from its training state):
+A profile (`recipes/profiles/demo*.yaml`, or any YAML file of the same keys: `DemoProfile`) sizes the stages. Each
+stage is a subprocess running an ordinary entry point with its config, written to `<out>/configs/` after the
+stage's own validation; its log goes to `<out>/logs/`; a finished stage is skipped on the next run, an interrupted
+one resumes from its training state:
 
     data          python -m training.make_synthetic      held-out labelled data + contact sheet
     base_teacher  python -m training.pretrain_base       teacher-size base VLM (describes the world's images)
@@ -19,9 +22,11 @@ Stages (each a subprocess running an ordinary entry point with a config written 
     draft         python -m pipelines.reward_finetune    DRaFT-1 LoRA tuning with the RISD student as the reward
     gsb           python -m pipelines.judging            base vs tuned, judged by the oracle (GSB with a CI)
 
-Two lanes run side by side (the reward chain, and the student/baseline/generator chain), each with half the CPU
-threads: the tiny models use two threads poorly, so two one-thread processes finish sooner than one after the other.
-At the end `<out>/report.md` gathers the tables and figures (`<out>/figures/*.png`).
+Two lanes run side by side (the reward chain, and the student/baseline/generator chain), each a one-thread
+process: the tiny models use two threads poorly, so two one-thread processes finish sooner than one after the
+other. Processes (not threads) keep each stage exactly what its command runs alone, and let it resume on its own. A
+bar per lane counts its finished stages and names the running one; each stage's own progress bar is in its log. At
+the end `<out>/report.md` gathers the tables and figures (`<out>/figures/*.png`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -41,70 +45,82 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from training.config import load_config
+from training.config import check_at_least, load_config, merge_mappings
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 
 TRAINING_CONFIGS = ROOT / "training" / "configs"
 PIPELINE_CONFIGS = ROOT / "pipelines" / "configs"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+PROFILES = {"quick": PROFILES_DIR / "demo_quick.yaml", "demo": PROFILES_DIR / "demo.yaml",
+            "full": PROFILES_DIR / "demo_full.yaml"}
 EVAL = {"source": "synthetic", "world_seed": 0, "start": 100_000, "image_size": 56}
 
-# Per profile: overrides of each stage's config (dotted keys). "demo" is sized to finish in about 25 minutes on this
-# 2-core machine; "full" is the benchmark recipe (the configs in training/configs and pipelines/configs as they are).
-PATCH_14 = {"patch_size": 14, "min_pixels": 112 * 112, "max_pixels": 112 * 112}
-# The teacher-size vision tower the demo was measured with (the shipped base config gives the teacher the student's
-# tower, whose stage 0 both share); a profile's `vision_config` replaces the model's.
-TEACHER_TOWER_96 = {"embed_dim": 96, "depth": 3, "num_heads": 6, "initializer_range": 0.06}
-PROFILES: dict[str, dict[str, dict]] = {
-    "quick": {
-        "data": {"n": 64},
-        "base_teacher": {"steps": 40, "num_train_images": 512, "num_eval_images": 64, "eval_every": 0,
-                         "warmup_steps": 5, "vision_steps": 10, "vision_num_images": 256},
-        "base_student": {"steps": 40, "num_train_images": 512, "num_eval_images": 64, "eval_every": 0,
-                         "warmup_steps": 5, "vision_steps": 10, "vision_num_images": 256},
-        "teacher_sft": {"steps": 8, "warmup_steps": 2, "train_data.num_groups": 64,
-                        "eval_max_new_tokens": 48, "eval_num_samples": 1},
-        "teacher_gdso": {"steps": 2, "groups_per_step": 2, "num_rollouts": 4, "max_new_tokens": 48,
-                         "train_data.num_groups": 64, "eval_max_new_tokens": 48,
-                         "eval_num_samples": 1},
-        "student_risd": {"steps": 12, "warmup_steps": 2, "train_data.num_groups": 6,
-                         "num_samples": 2, "teacher_max_new_tokens": 48, "groups_per_step": 4},
-        "direct": {"steps": 12, "warmup_steps": 2, "train_data.num_groups": 64},
-        "bradley_terry": {"steps": 12, "warmup_steps": 2, "train_data.num_groups": 64},
-        "generator": {"vae_steps": 30, "unet_steps": 40, "num_groups": 64},
-        "draft": {"steps": 4, "eval_every": 2, "eval_prompts": 8, "num_inference_steps": 8, "save_every": 2},
-        "gsb": {"num_prompts": 8, "seeds_per_prompt": 1, "num_inference_steps": 8},
-        "report": {"eval_groups": 6, "samples": 4},
-    },
-    "demo": {
-        "data": {"n": 1024},
-        # measured (benchmarks/README.md) without the vision stage, with Qwen2-VL's 14-pixel patches on 56 px images
-        # upsampled to 112 px (the shipped base config reads them unresized with 7-pixel patches), the teacher's own
-        # 96-wide tower, 8,192 training images and AdamW (the shipped config: the student's tower, 65,536 images, Muon)
-        "base_teacher": {"steps": 1200, "eval_every": 0, "vision_steps": 0, "vision_config": TEACHER_TOWER_96,
-                         "num_train_images": 8192, "optimizer": "adamw", **PATCH_14},
-        "base_student": {"steps": 1500, "eval_every": 0, "vision_steps": 0, "num_train_images": 8192,
-                         "optimizer": "adamw", **PATCH_14},
-        "teacher_sft": {"steps": 200, "save_every": 100},
-        "teacher_gdso": {"steps": 50, "save_every": 25},
-        "student_risd": {"steps": 300, "train_data.num_groups": 192},
-        "direct": {"steps": 300},
-        "bradley_terry": {"steps": 300},
-        "generator": {"vae_steps": 600, "unet_steps": 1800},
-        # as measured (benchmarks/README.md): draft_tiny.yaml's earlier batch and evaluation settings
-        "draft": {"steps": 150, "batch_size": 4, "eval_prompts": 32, "eval_every": 50, "early_stopping_patience": 0},
-        "gsb": {"num_prompts": 64, "seeds_per_prompt": 2},
-        "report": {"eval_groups": 64, "samples": 6},
-    },
-    "full": {
-        "data": {"n": 4096},
-        "base_teacher": {}, "base_student": {}, "teacher_sft": {}, "teacher_gdso": {}, "student_risd": {},
-        "direct": {"steps": 400}, "bradley_terry": {"steps": 400}, "generator": {}, "draft": {},
-        "gsb": {"num_prompts": 64, "seeds_per_prompt": 2},
-        "report": {"eval_groups": 64, "samples": 6},
-    },
-}
+
+@dataclass
+class DataStage:
+    """The held-out labelled data (`training.make_synthetic`)."""
+
+    n: int = field(default=1024, metadata={"help": "records to write"})
+
+    def __post_init__(self):
+        check_at_least(self, 1, "n")
+
+
+@dataclass
+class GSBStage:
+    """The oracle's good-same-bad judgement of the base against the tuned generator (`pipelines.judging`)."""
+
+    num_prompts: int = field(default=64, metadata={"help": "held-out prompts"})
+    seeds_per_prompt: int = field(default=2, metadata={"help": "images per prompt and generator"})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "sampler steps (none: the draft's)"})
+
+    def __post_init__(self):
+        check_at_least(self, 1, "num_prompts", "seeds_per_prompt", "num_inference_steps")
+
+
+@dataclass
+class ReportStage:
+    """What the report computes itself."""
+
+    eval_groups: int = field(default=64, metadata={"help": "held-out prompt groups of every reward model's "
+                                                           "evaluation and of the human-agreement ceiling"})
+    samples: int = field(default=6, metadata={"help": "held-out images in the score-distribution figure"})
+
+    def __post_init__(self):
+        check_at_least(self, 1, "eval_groups", "samples")
+
+
+@dataclass
+class DemoProfile:
+    """The sizes of the demo's stages. A training stage's mapping overrides its config (the shipped YAML in
+    `training/configs` or `pipelines/configs`, or the config's defaults): nested mappings reach nested fields, and
+    the stage's config class checks the result. `base_teacher` / `base_student` may hold `model`: changes to that
+    model's entry in `pretrain_base_tiny.yaml` (its `vision_config`, say); a profile's `steps` or `vision.steps`
+    replace the model's own."""
+
+    data: DataStage = field(default_factory=DataStage, metadata={"help": "held-out data"})
+    base_teacher: dict = field(default_factory=dict, metadata={"help": "overrides of the teacher-size base's "
+                                                                       "pretraining (training.pretrain_base)"})
+    base_student: dict = field(default_factory=dict, metadata={"help": "the same for the student-size base"})
+    teacher_sft: dict = field(default_factory=dict, metadata={"help": "overrides of teacher_sft_tiny.yaml"})
+    teacher_gdso: dict = field(default_factory=dict, metadata={"help": "overrides of teacher_gdso_tiny.yaml"})
+    student_risd: dict = field(default_factory=dict, metadata={"help": "overrides of student_risd_tiny.yaml"})
+    direct: dict = field(default_factory=dict, metadata={"help": "overrides of the no-reasoning SFT baseline"})
+    bradley_terry: dict = field(default_factory=dict, metadata={"help": "overrides of the Bradley-Terry baseline"})
+    generator: dict = field(default_factory=dict, metadata={"help": "overrides of the tiny generator's config"})
+    draft: dict = field(default_factory=dict, metadata={"help": "overrides of pipelines/configs/draft_tiny.yaml"})
+    gsb: GSBStage = field(default_factory=GSBStage, metadata={"help": "the oracle's judgement"})
+    report: ReportStage = field(default_factory=ReportStage, metadata={"help": "the report"})
+
+
+def load_profile(profile: str) -> DemoProfile:
+    """The profile named `profile` (`quick`, `demo`, `full`) or read from the YAML file `profile`."""
+    path = PROFILES.get(profile) or Path(profile)
+    if profile not in PROFILES and (path.suffix not in (".yaml", ".yml") or not path.is_file()):
+        raise ValueError(f"`profile` must be one of {sorted(PROFILES)} or a YAML file, got {profile!r}")
+    return load_config(DemoProfile, path)
 
 
 @dataclass
@@ -127,50 +143,57 @@ def _write_config(path: Path, config) -> Path:
     return path
 
 
-def build_stages(out: Path, profile: str) -> list[Stage]:
-    """The demo's stages for `profile`, their configs written under `<out>/configs/`."""
+def dotted(overrides: dict, prefix: str = "") -> dict:
+    """`{"train_data": {"num_groups": 6}}` as `{"train_data.num_groups": 6}` (load_config's override keys)."""
+    flat = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and value:
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def build_stages(out: Path, profile: DemoProfile | str) -> list[Stage]:
+    """The demo's stages for `profile` (a `DemoProfile`, or a name or YAML file for `load_profile`), their configs
+    checked by each stage's config class and written under `<out>/configs/`."""
+    from pipelines.reward_finetune import RewardFinetuneConfig
+    from pipelines.train_tiny_generator import GeneratorConfig
     from training.gdso import GDSOConfig
     from training.pretrain_base import PretrainBaseConfig
     from training.risd import RISDConfig
     from training.scalar_baselines import ScalarConfig
     from training.sft import SFTConfig
 
-    from .reward_finetune import RewardFinetuneConfig
-    from .train_tiny_generator import GeneratorConfig
-
-    if profile not in PROFILES:
-        raise ValueError(f"`profile` must be one of {sorted(PROFILES)}, got {profile!r}")
-    p = PROFILES[profile]
+    p = load_profile(profile) if isinstance(profile, str) else profile
     configs = out / "configs"
     common = {"log_with": "tensorboard", "resume": True}
     eval_data = {f"eval_data.{key}": value for key, value in EVAL.items()}
-    eval_data["eval_data.num_groups"] = p["report"]["eval_groups"]
+    eval_data["eval_data.num_groups"] = p.report.eval_groups
     stages = []
 
     def reward_stage(name, lane, module, cls, yaml_file, overrides, after, title):
-        values = {**common, "output_dir": str(out / name), **eval_data, **overrides, **p[name]}
+        values = {**common, "output_dir": str(out / name), **eval_data, **overrides, **dotted(getattr(p, name))}
         config = load_config(cls, yaml_file, values)
         path = _write_config(configs / f"{name}.yaml", config)
         stages.append(Stage(name, lane, module, ["--config", str(path)], out / name / "metrics.json", after, title))
 
     stages.append(Stage("data", "B", "training.make_synthetic",
-                        ["--out", str(out / "data"), "--n", str(p["data"]["n"]), "--seed", "1",
+                        ["--out", str(out / "data"), "--n", str(p.data.n), "--seed", "1",
                          "--contact-sheet", str(out / "figures" / "contact_sheet.png")],
                         out / "data" / "records.jsonl", [], "held-out synthetic data"))
     base_yaml = yaml.safe_load((TRAINING_CONFIGS / "pretrain_base_tiny.yaml").read_text())
     for name, lane, model in (("base_teacher", "A", "teacher"), ("base_student", "B", "student")):
-        values = dict(base_yaml, output_dir=str(out / name), models={model: base_yaml["models"][model]},
-                      log_with="tensorboard", resume=True)
-        config = load_config(PretrainBaseConfig, None, {k: v for k, v in values.items() if k != "models"})
-        config.models = values["models"]
-        for key, value in p[name].items():
-            if key == "vision_config":
-                config.models = {model: dict(config.models[model], vision_config=value)}
-            else:
-                setattr(config, key, value)
-        own = {"vision_steps", "steps"} & set(p[name])  # the profile's stage lengths replace the model's own ones
-        config.models = {model: {k: v for k, v in config.models[model].items() if k not in own}}
-        path = _write_config(configs / f"{name}.yaml", config)
+        settings = dict(getattr(p, name))
+        entry = merge_mappings(base_yaml["models"][model], settings.pop("model", {}))
+        # the profile's stage lengths replace the model's own ones
+        if "steps" in settings:
+            entry.pop("steps", None)
+        if "steps" in settings.get("vision", {}):
+            entry.pop("vision_steps", None)
+        path = _write_config(configs / f"{name}.yaml", dict(base_yaml, models={model: entry}))
+        config = load_config(PretrainBaseConfig, path, {**common, "output_dir": str(out / name), **dotted(settings)})
+        _write_config(path, config)
         stages.append(Stage(name, lane, "training.pretrain_base", ["--config", str(path)], out / name / model /
                             "config.json", [], f"{model}-size base VLM"))
     reward_stage("teacher_sft", "A", "training.sft", SFTConfig, TRAINING_CONFIGS / "teacher_sft_tiny.yaml",
@@ -187,42 +210,25 @@ def build_stages(out: Path, profile: str) -> list[Stage]:
                  "baseline: student on panel labels")
     reward_stage("bradley_terry", "B", "training.bradley_terry", ScalarConfig, None,
                  dict(student_base, **{"train_data.num_groups": 2048}), ["base_student"], "baseline: Bradley-Terry")
-    generator = load_config(GeneratorConfig, None, dict(output_dir=str(out / "generator"), **p["generator"]))
+    generator = load_config(GeneratorConfig, None, dict(output_dir=str(out / "generator"), **dotted(p.generator)))
     path = _write_config(configs / "generator.yaml", generator)
     stages.append(Stage("generator", "B", "pipelines.train_tiny_generator", ["--config", str(path)],
                         out / "generator" / "metrics.json", [], "tiny SD generator"))
     draft = load_config(RewardFinetuneConfig, PIPELINE_CONFIGS / "draft_tiny.yaml",
                         dict(output_dir=str(out / "draft"), pretrained=str(out / "generator" / "pipeline"),
-                             reward=str(out / "student_risd" / "model"), resume=True, **p["draft"]))
+                             reward=str(out / "student_risd" / "model"), resume=True, **dotted(p.draft)))
     path = _write_config(configs / "draft.yaml", draft)
     stages.append(Stage("draft", "C", "pipelines.reward_finetune", ["--config", str(path)],
                         out / "draft" / "metrics.json", ["generator", "student_risd"], "DRaFT LoRA with the student"))
-    gsb = p["gsb"]
+    gsb_steps = p.gsb.num_inference_steps or draft.num_inference_steps
     stages.append(Stage("gsb", "C", "pipelines.judging",
                         ["--a", str(out / "generator" / "pipeline"), "--b", str(out / "generator" / "pipeline"),
                          "--lora_b", str(out / "draft" / "lora"), "--judge", "oracle",
-                         "--num_prompts", str(gsb["num_prompts"]), "--seeds_per_prompt", str(gsb["seeds_per_prompt"]),
-                         "--num_inference_steps", str(gsb.get("num_inference_steps", draft.num_inference_steps)),
-                         "--size", str(draft.height), "--out", str(out / "gsb.json"),
-                         "--grid", str(out / "figures" / "before_after.png")],
+                         "--num_prompts", str(p.gsb.num_prompts), "--seeds_per_prompt", str(p.gsb.seeds_per_prompt),
+                         "--num_inference_steps", str(gsb_steps), "--size", str(draft.height),
+                         "--out", str(out / "gsb.json"), "--grid", str(out / "figures" / "before_after.png")],
                         out / "gsb.json", ["draft"], "oracle GSB: base vs tuned"))
     return stages
-
-
-_PROGRESS = re.compile(r"(\d+)/(\d+) \[")
-
-
-def stage_progress(log: Path) -> tuple[int, int] | None:
-    """The last tqdm `n/total` written to a stage's log, if any."""
-    try:
-        with open(log, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - 4096))
-            tail = file.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    matches = _PROGRESS.findall(tail)
-    return (int(matches[-1][0]), int(matches[-1][1])) if matches else None
 
 
 class Runner:
@@ -235,7 +241,7 @@ class Runner:
         self.timings: dict[str, float] = {}
         timing_file = out / "timings.json"
         self.timings.update(json.loads(timing_file.read_text()) if timing_file.exists() else {})
-        self.current: dict[str, tuple[str, Path] | None] = {}
+        self.current: dict[str, tuple[str, Path, float] | None] = {}
         self.lock = threading.Lock()
 
     def run_stage(self, stage: Stage, threads: int) -> None:
@@ -247,8 +253,8 @@ class Runner:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         command = [sys.executable, "-m", stage.module, *stage.args]
-        self.current[stage.lane] = (stage.name, log)
         started = time.perf_counter()
+        self.current[stage.lane] = (stage.name, log, started)
         with open(log, "ab") as handle:
             handle.write(f"\n$ {' '.join(command)}\n".encode())
             handle.flush()
@@ -277,17 +283,19 @@ class Runner:
             self.finished[stage.name].set()
 
     def watch(self, lanes: list[str], workers: list[threading.Thread]) -> None:
-        bars = {lane: tqdm(total=1, position=i, desc=f"lane {lane}", leave=True, dynamic_ncols=True)
+        """One bar per lane: its finished stages, and the running one with its time so far (the stage's own
+        progress bar is in its log)."""
+        bars = {lane: tqdm(total=sum(s.lane == lane for s in self.stages.values()), position=i, desc=f"lane {lane}",
+                           leave=True, dynamic_ncols=True, unit="stage")
                 for i, lane in enumerate(lanes)}
         while any(worker.is_alive() for worker in workers):
             for lane, bar in bars.items():
+                bar.n = sum(self.finished[s.name].is_set() for s in self.stages.values() if s.lane == lane)
                 current = self.current.get(lane)
-                if current is None:
-                    continue
-                name, log = current
-                progress = stage_progress(log) or (0, 1)
-                bar.set_description(f"lane {lane}: {name}")
-                bar.total, bar.n = progress[1], min(progress[0], progress[1])
+                if current is not None:
+                    name, log, started = current
+                    bar.set_description(f"lane {lane}: {name} ({time.perf_counter() - started:.0f} s, "
+                                        f"log: {log.relative_to(self.out)})", refresh=False)
                 bar.refresh()
             time.sleep(1.0)
         for bar in bars.values():
@@ -331,7 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     run = parser.add_argument_group("Run")
     run.add_argument("--profile", default="demo",
-                     help=f"stage sizes: one of {sorted(PROFILES)} (default: %(default)s)")
+                     help=f"stage sizes: one of {sorted(PROFILES)} (recipes/profiles/demo*.yaml) or a YAML file of "
+                          "the same keys (default: %(default)s)")
     run.add_argument("--sequential", action="store_true", help="one stage at a time (all threads each)")
     output = parser.add_argument_group("Output")
     output.add_argument("--out", default="runs/demo", help="where every stage, the report and the figures go")
@@ -339,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    profile = load_profile(args.profile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "profile.txt"
@@ -348,14 +358,14 @@ def main(argv: list[str] | None = None) -> dict:
                          f"`{args.profile}` ones. Pick another --out, or delete {out}.")
     marker.write_text(args.profile + "\n")
     started = time.perf_counter()
-    stages = build_stages(out, args.profile)
+    stages = build_stages(out, profile)
     lanes = schedule(args.sequential)
     validate_schedule(stages, lanes)
     runner = Runner(out, stages, threads_per_lane=1)
     runner.run(lanes)
-    from .demo_report import write_report
+    from recipes.demo_report import write_report
 
-    report = write_report(out, args.profile, runner.timings, PROFILES[args.profile]["report"])
+    report = write_report(out, args.profile, runner.timings, asdict(profile.report))
     wall = time.perf_counter() - started
     sys.stdout.write(report["summary"] + f"\nthis run: {wall / 60:.1f} min; report: {out / 'report.md'}\n")
     return report
