@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from zreward_diffusers.saving import save_directory
+
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -34,16 +36,17 @@ def add_lora(pipe, rank: int = 8, alpha: float | None = None, targets=DEFAULT_TA
     return parameters
 
 
-def save_lora(pipe, directory: str | Path) -> Path:
-    """Write the denoiser's LoRA weights with the pipeline class's own `save_lora_weights` (diffusers format)."""
+def save_lora(pipe, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write the denoiser's LoRA weights with the pipeline class's own `save_lora_weights` (diffusers format), as
+    one atomic save (`zreward_diffusers.saving`: a folder it did not write is replaced only with `overwrite`)."""
     from peft.utils import get_peft_model_state_dict
 
     denoiser = denoiser_of(pipe)
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(denoiser).items()}
-    directory = Path(directory)
     key = "unet_lora_layers" if denoiser is getattr(pipe, "unet", None) else "transformer_lora_layers"
-    type(pipe).save_lora_weights(str(directory), **{key: state}, safe_serialization=True)
-    return directory
+    return save_directory(directory, lambda folder: type(pipe).save_lora_weights(str(folder), **{key: state},
+                                                                                  safe_serialization=True),
+                          overwrite=overwrite)
 
 
 def saturation(images: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from training.config import check_at_least, check_choice, none_if_off, parse_args
-from training.state import CheckpointManager, Progress
+from training.state import CheckpointManager, Progress, prepare_output_dir, write_text_atomic
 from zreward_diffusers import ZRewardLoss
 
 from .attention import configure_attention
@@ -57,7 +57,8 @@ class RewardFinetuneConfig:
         "Prompts": ("prompts", "num_prompts", "eval_prompts", "batch_size", "eval_batch_size"),
         "LoRA and optimisation": ("lora_rank", "lora_alpha", "lora_targets", "lr", "max_grad_norm", "steps", "seed"),
         "Evaluation and early stopping": ("eval_every", "judge", "early_stopping_patience"),
-        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "log_with"),
+        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "overwrite",
+                                    "log_with"),
     }
 
     pretrained: str = field(default="runs/generator/pipeline", metadata={
@@ -108,6 +109,9 @@ class RewardFinetuneConfig:
         "help": "keep at most this many checkpoints in <output_dir>/checkpoints (oldest deleted first; none: all)"})
     resume: bool = field(default=False, metadata={
         "help": "continue from the newest complete checkpoint in <output_dir>/checkpoints (none there: start)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in a used <output_dir>: its checkpoints and metrics are deleted, its outputs replaced "
+                "(without it, or --resume, a used <output_dir> is refused)"})
     output_dir: str = field(default="runs/draft", metadata={"help": "LoRA weights, checkpoints, metrics"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker (none: off)"})
     mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision"})
@@ -173,6 +177,7 @@ class RewardFinetuner:
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir,
                                        mixed_precision=config.mixed_precision)
+        prepare_output_dir(self.output_dir, config, self.accelerator)
         self.pipe = load_pipeline(config.pretrained, config.seed)
         self.pipe.to(self.accelerator.device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -332,17 +337,15 @@ class RewardFinetuner:
                    "train_seconds": round(self.seconds, 1),
                    "stopped_early": stopped_early, "evaluations": evaluations, "history": self.history}
         if accelerator.is_main_process:
-            path = self.output_dir / "metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
-            path.with_suffix(".tmp").replace(path)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
         accelerator.end_training()
         return metrics
 
     def save_lora(self, name: str) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_lora(self.pipe, self.output_dir / name)
+            save_lora(self.pipe, self.output_dir / name, overwrite=self.config.overwrite)
 
     def save_state(self, step: int, seconds: float) -> None:
         stats = {"running_mean": self.reward.running_mean.tolist(), "running_var": self.reward.running_var.tolist(),

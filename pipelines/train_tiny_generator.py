@@ -31,7 +31,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from training.config import check_at_least, parse_args
-from training.state import CheckpointManager, Progress, loss_curve, replace_directory
+from training.state import CheckpointManager, Progress, loss_curve, prepare_output_dir, write_text_atomic
+from zreward_diffusers.saving import save_directory
 
 from .tiny import tiny_clip_tokenizer
 
@@ -49,7 +50,7 @@ class GeneratorConfig:
         "Data": ("world_seed", "num_groups", "image_size", "batch_size", "prompt_dropout"),
         "Model": ("vae_channels", "unet_channels", "text_hidden"),
         "Optimisation": ("vae_steps", "vae_lr", "vae_kl_weight", "unet_steps", "unet_lr", "seed"),
-        "Checkpoints": ("output_dir", "save_every"),
+        "Checkpoints": ("output_dir", "save_every", "resume", "overwrite"),
     }
 
     output_dir: str = field(default="runs/generator", metadata={"help": "stages, checkpoints and the pipeline"})
@@ -68,6 +69,12 @@ class GeneratorConfig:
     unet_channels: list = field(default_factory=lambda: [64, 128], metadata={"help": "UNet block widths"})
     text_hidden: int = field(default=64, metadata={"help": "text encoder width"})
     save_every: int = field(default=500, metadata={"help": "steps between training states"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue each stage from its newest checkpoint in <output_dir>/checkpoints (a finished run: its "
+                "metrics are returned)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in a used <output_dir>: its checkpoints and metrics are deleted, its outputs replaced "
+                "(without it, or --resume, a used <output_dir> is refused)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and batches"})
 
     def __post_init__(self):
@@ -116,9 +123,9 @@ def _batch(step: int, config: GeneratorConfig, count: int, stream: int) -> np.nd
     return np.random.default_rng([config.seed, stream, step]).integers(count, size=config.batch_size)
 
 
-def start_or_resume(accelerator, module, optimizer, scheduler, state_dir: Path):
-    """Prepare `module`, `optimizer` and `scheduler`, then resume from the newest checkpoint in `state_dir` if any
-    (the generator's stages always resume). Returns the prepared objects, their `CheckpointManager` and the
+def start_or_resume(accelerator, module, optimizer, scheduler, state_dir: Path, resume: bool):
+    """Prepare `module`, `optimizer` and `scheduler`, then with `resume` restore the newest checkpoint in
+    `state_dir` if any. Returns the prepared objects, their `CheckpointManager` and the
     `Progress`.
 
     Every process trains on the same batches and gets the same gradients, so the module is registered for the
@@ -129,7 +136,7 @@ def start_or_resume(accelerator, module, optimizer, scheduler, state_dir: Path):
     module = accelerator.prepare_model(module, evaluation_mode=True)
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     checkpoints = CheckpointManager(accelerator, state_dir, total_limit=1)
-    return module, optimizer, scheduler, checkpoints, checkpoints.resume() or Progress()
+    return module, optimizer, scheduler, checkpoints, (checkpoints.resume() if resume else None) or Progress()
 
 
 def train_vae(accelerator, vae, images: torch.Tensor, config: GeneratorConfig,
@@ -138,7 +145,7 @@ def train_vae(accelerator, vae, images: torch.Tensor, config: GeneratorConfig,
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     prepared, optimizer, scheduler, checkpoints, progress = start_or_resume(accelerator, vae, optimizer, scheduler,
-                                                                            state_dir)
+                                                                            state_dir, config.resume)
     start, losses = progress.step, progress.extra.get("losses", [])
     vae.train()
     for step in tqdm(range(start, config.vae_steps), desc="vae", initial=start, total=config.vae_steps):
@@ -171,7 +178,8 @@ def train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, image
     module = _Denoiser(unet, text_encoder)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.unet_lr)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))
-    prepared, optimizer, lr, checkpoints, progress = start_or_resume(accelerator, module, optimizer, lr, state_dir)
+    prepared, optimizer, lr, checkpoints, progress = start_or_resume(accelerator, module, optimizer, lr, state_dir,
+                                                                     config.resume)
     start, losses = progress.step, progress.extra.get("losses", [])
     with torch.no_grad():  # the frozen VAE's latent means, once
         latents = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
@@ -208,17 +216,18 @@ def train_generator(config: GeneratorConfig) -> dict:
     from diffusers import StableDiffusionPipeline
 
     out = Path(config.output_dir)
-    if (out / "metrics.json").exists() and (out / "pipeline").exists():
+    if config.resume and (out / "metrics.json").exists() and (out / "pipeline").exists():
         logger.info("generator: cached in %s", out)
         return json.loads((out / "metrics.json").read_text())
     started = time.perf_counter()
     images, prompts = world_data(config)
     vae, text_encoder, tokenizer, unet, scheduler = build_components(config)
     accelerator = Accelerator(cpu=True)  # the tiny generator trains on the CPU, identically on every process
-    vae_losses, vae_resumed = train_vae(accelerator, vae, images, config, out / "vae_state")
+    prepare_output_dir(out, config, accelerator)
+    vae_losses, vae_resumed = train_vae(accelerator, vae, images, config, out / "checkpoints" / "vae")
     vae.requires_grad_(False)
     unet_losses, unet_resumed = train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, images,
-                                           prompts, config, out / "unet_state")
+                                           prompts, config, out / "checkpoints" / "unet")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -231,8 +240,9 @@ def train_generator(config: GeneratorConfig) -> dict:
                               "unet": sum(p.numel() for p in unet.parameters()),
                               "text_encoder": sum(p.numel() for p in text_encoder.parameters())}}
     if accelerator.is_main_process:
-        replace_directory(out / "pipeline", lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        save_directory(out / "pipeline", lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True),
+                       overwrite=config.overwrite)
+        write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     return metrics
 

@@ -210,7 +210,8 @@ def build_stages(out: Path, profile: DemoProfile | str) -> list[Stage]:
                  "baseline: student on panel labels")
     reward_stage("bradley_terry", "B", "training.bradley_terry", ScalarConfig, None,
                  dict(student_base, **{"train_data.num_groups": 2048}), ["base_student"], "baseline: Bradley-Terry")
-    generator = load_config(GeneratorConfig, None, dict(output_dir=str(out / "generator"), **dotted(p.generator)))
+    generator = load_config(GeneratorConfig, None, dict(output_dir=str(out / "generator"), resume=True,
+                                                             **dotted(p.generator)))
     path = _write_config(configs / "generator.yaml", generator)
     stages.append(Stage("generator", "B", "pipelines.train_tiny_generator", ["--config", str(path)],
                         out / "generator" / "metrics.json", [], "tiny SD generator"))

@@ -67,7 +67,7 @@ MUTANTS = (
            "        progress = None\n",
            ("tests/test_pipelines.py::test_reward_finetune_runs_saves_and_resumes",)),
     Mutant("tiny_generator_ignores_resume", "pipelines/train_tiny_generator.py",
-           "checkpoints, checkpoints.resume() or Progress()\n", "checkpoints, Progress()\n",
+           "checkpoints, (checkpoints.resume() if resume else None) or Progress()\n", "checkpoints, Progress()\n",
            ("tests/test_pipelines.py::test_tiny_generator_trains_saves_and_resumes",)),
     Mutant("sft_every_process_takes_the_whole_batch", "training/sft.py",
            "        return [self.units[i] for i in chosen.tolist()][self.rank::self.world_size]\n",

@@ -262,11 +262,13 @@ def test_tiny_generator_trains_saves_and_resumes(tmp_path):
     image = pipe(["two red circles on a blue background"], num_inference_steps=2, height=32, width=32,
                  output_type="pt").images
     assert image.shape == (1, 3, 32, 32)
-    assert train_generator(GeneratorConfig(output_dir=str(tmp_path / "full"), **small)) == metrics  # cached
+    assert train_generator(GeneratorConfig(output_dir=str(tmp_path / "full"), resume=True, **small)) == metrics
+    with pytest.raises(ValueError, match="--resume.*--overwrite"):  # a rerun never replaces a finished run silently
+        train_generator(GeneratorConfig(output_dir=str(tmp_path / "full"), **small))
     # an interrupted run (VAE done, UNet at step 1) resumes to the same UNet loss curve
     train_generator(GeneratorConfig(output_dir=str(tmp_path / "half"), **dict(small, unet_steps=1)))
     (tmp_path / "half" / "metrics.json").unlink()
-    resumed = train_generator(GeneratorConfig(output_dir=str(tmp_path / "half"), **small))
+    resumed = train_generator(GeneratorConfig(output_dir=str(tmp_path / "half"), resume=True, **small))
     assert metrics["resumed_from_step"] == {"vae": 0, "unet": 0}
     assert resumed["resumed_from_step"] == {"vae": 2, "unet": 1}
     assert resumed["unet_final_loss"] == pytest.approx(metrics["unet_final_loss"], rel=1e-4)

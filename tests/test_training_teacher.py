@@ -383,6 +383,30 @@ def test_sft_resume_runs_only_the_remaining_steps_and_equals_an_uninterrupted_ru
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
 
 
+def test_a_rerun_without_resume_refuses_and_overwrite_starts_over(tiny_base, tmp_path, monkeypatch):
+    """Rerunning a training command without --resume replaced the previous run's checkpoint, model and metrics."""
+    from training import sft
+
+    first = sft.main(sft_args(tiny_base, tmp_path / "run", 2))
+    model = (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="--resume to continue it, or --overwrite"):
+        sft.main(sft_args(tiny_base, tmp_path / "run", 4))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == json.loads(json.dumps(first))
+    assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() == model
+    with pytest.raises(ValueError, match="exclude each other"):
+        sft.main(sft_args(tiny_base, tmp_path / "run", 4, "--resume", "--overwrite"))
+    # an old checkpoint past the new run's steps: left in place, a later --resume would continue the old run
+    old = tmp_path / "run" / "checkpoints" / "checkpoint-9"
+    old.mkdir()
+    (old / "progress.json").write_text('{"step": 9}')
+    ran = count_steps(monkeypatch, SFTTrainer)
+    again = sft.main(sft_args(tiny_base, tmp_path / "run", 3, "--overwrite"))
+    assert ran == [0, 1, 2] and again["resumed_from_step"] == 0
+    assert sorted(path.name for path in old.parent.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+
+
 def test_gdso_resume_equals_an_uninterrupted_run(tiny_base, tmp_path, monkeypatch):
     from training import gdso
 

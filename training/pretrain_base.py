@@ -48,6 +48,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor
 
+from zreward_diffusers.saving import save_directory
 from zreward_diffusers.synthetic import Scene, SyntheticWorld, WorldConfig
 from zreward_diffusers.synthetic.parallel import check_render_workers, render_world
 from zreward_diffusers.synthetic.questions import (
@@ -64,7 +65,7 @@ from zreward_diffusers.tiny_tokenizer import build_tiny_tokenizer
 from .config import check_at_least, check_choice, check_non_negative, parse_args, scalar_fields
 from .optim import OPTIMIZERS
 from .sequences import ConversationEncoder
-from .state import Progress, latest_checkpoint, loss_curve, replace_directory, start_or_resume
+from .state import Progress, latest_checkpoint, loss_curve, prepare_output_dir, start_or_resume, write_text_atomic
 from .vision_stage import VisionStageConfig, train_vision
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ class PretrainBaseConfig:
                          "lr_scheduler", "warmup_steps", "max_grad_norm", "seed"),
         "Stage 0: the vision tower alone": ("vision",),
         "Evaluation": ("eval_every", "eval_batch_size"),
-        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "log_every",
-                                    "log_with"),
+        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "overwrite",
+                                    "log_every", "log_with"),
     }
 
     output_dir: str = field(default="runs/base", metadata={"help": "where `<name>/` checkpoints and metrics go"})
@@ -168,6 +169,9 @@ class PretrainBaseConfig:
     seed: int = field(default=0, metadata={"help": "seed of weight init and of each step's batch"})
     resume: bool = field(default=False, metadata={
         "help": "continue each model from its newest complete checkpoint (none there: start it)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in a used <output_dir>: its checkpoints and metrics are deleted, its outputs replaced "
+                "(without it, or --resume, a used <output_dir> is refused)"})
     vision: VisionStageConfig = field(
         default_factory=VisionStageConfig,
         metadata={"help": "stage 0, the vision tower alone (`training.vision_stage.VisionStageConfig`)"},
@@ -447,7 +451,7 @@ def train_model(name: str, model, config: PretrainBaseConfig, accelerator: Accel
             unwrapped.save_pretrained(temporary)
             processor.save_pretrained(temporary)
 
-        replace_directory(output_dir / name, write)
+        save_directory(output_dir / name, write, overwrite=config.overwrite)
     accelerator.free_memory(model, optimizer, scheduler)
     metrics = dict(held_out_accuracy=accuracy, train_seconds=round(train_seconds, 1), steps=config.steps,
                    resumed_from_step=start_step,
@@ -514,6 +518,7 @@ def check_stage_settings(config: PretrainBaseConfig) -> None:
 def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
     """Build the data and tokenizer, train every model of `config.models`; returns `{name: metrics + losses}`."""
     accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir)
+    prepare_output_dir(config.output_dir, config, accelerator)
     world = SyntheticWorld(config.world_seed, WorldConfig(image_size=config.image_size))
     group_size = world.config.group_size
     num_train_groups = math.ceil(config.num_train_images / group_size)
@@ -562,8 +567,7 @@ def pretrain(config: PretrainBaseConfig) -> dict[str, dict]:
         if accelerator.is_main_process:
             metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
             metrics[name] = {key: value for key, value in results[name].items() if key != "losses"}
-            metrics_path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
-            metrics_path.with_suffix(".tmp").replace(metrics_path)
+            write_text_atomic(metrics_path, json.dumps(metrics, indent=2))
     accelerator.end_training()
     return results
 

@@ -36,7 +36,7 @@ from .config import check_at_least, parse_args
 from .data import DataSpec, ImageBank, load_split, step_rng
 from .objectives import huber, kl_to_target, soft_target
 from .risd import load_teacher_targets
-from .state import CheckpointManager, Progress
+from .state import CheckpointManager, Progress, prepare_output_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RISDClipConfig:
                           "teacher_max_new_tokens", "cache_chunk_size", "cache_seed"),
         "Objective": ("gap_weight", "human_weight", "huber_delta"),
         "Optimisation": ("steps", "groups_per_step", "lr", "seed"),
-        "Checkpoints": ("output_dir", "save_every", "checkpoints_total_limit", "resume"),
+        "Checkpoints": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "overwrite"),
     }
 
     init: str = field(default="tiny", metadata={"help": "tiny, or <open_clip arch>@<local weights file>"})
@@ -84,6 +84,9 @@ class RISDClipConfig:
         "help": "keep at most this many checkpoints in <output_dir>/checkpoints (oldest deleted first; none: all)"})
     resume: bool = field(default=False, metadata={
         "help": "continue from the newest complete checkpoint in <output_dir>/checkpoints (none there: start)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in a used <output_dir>: its checkpoints and metrics are deleted, its outputs replaced "
+                "(without it, or --resume, a used <output_dir> is refused)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and batches"})
 
     def __post_init__(self):
@@ -107,6 +110,7 @@ def train(config: RISDClipConfig) -> dict:
     # not read (e.g. `logit_scale`): DDP must look for unused parameters
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out = Path(config.output_dir)
+    prepare_output_dir(out, config, accelerator)
     torch.manual_seed(config.seed)
     student = build_student(config.init, config.seed)
     rubric: Rubric = student.rubric
@@ -184,8 +188,7 @@ def train(config: RISDClipConfig) -> dict:
                "parameters": sum(p.numel() for p in student.parameters()), "history": history}
     if accelerator.is_main_process:
         ZRewardLoss(student).save_pretrained(out / "model")
-        (out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
-        (out / "metrics.json.tmp").replace(out / "metrics.json")  # atomic
+        write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     return metrics
 

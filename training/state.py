@@ -33,13 +33,14 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import get_scheduler
+
+from zreward_diffusers.saving import fsync_directory, fsync_tree
 
 logger = logging.getLogger(__name__)
 
@@ -59,25 +60,6 @@ class Progress:
     extra: dict = field(default_factory=dict)
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a directory's entry to disk (a rename is durable only once its directory is fsynced)."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def fsync_tree(directory: Path) -> None:
-    """fsync every file and folder below `directory`, then `directory` itself."""
-    for root, folders, files in os.walk(directory, topdown=False):
-        for name in files:
-            fsync_path(Path(root) / name)
-        for name in folders:
-            fsync_path(Path(root) / name)
-    fsync_path(directory)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `path` through a temporary file in the same folder, fsynced, then `os.replace` it into place."""
     path = Path(path)
@@ -87,21 +69,34 @@ def write_text_atomic(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-    fsync_path(path.parent)
+    fsync_directory(path.parent)
 
 
-def replace_directory(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory through `write(temporary)`, then swap it in by renames (never a half-written `final`)."""
-    final = Path(final)
-    temporary, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(temporary, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    write(temporary)
-    if final.exists():
-        final.rename(old)
-    temporary.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+def prepare_output_dir(output_dir: str | os.PathLike, config, accelerator) -> None:
+    """Refuse to start a run over a previous one unless `config` says what to do with it.
+
+    A non-empty `output_dir` holds a previous run (its checkpoints, model, metrics): with `config.resume` the run
+    continues from its newest checkpoint; with `config.overwrite` the previous run's checkpoints and metrics are
+    deleted now (by the main process) and its exported model is replaced at the end; with neither it is an error
+    naming both, so that rerunning a command never destroys a finished run. Call it before writing anything.
+    """
+    if config.resume and config.overwrite:
+        raise ValueError("`resume` and `overwrite` exclude each other: continue the run in `output_dir`, or start "
+                         "it over")
+    output_dir = Path(output_dir)
+    previous = output_dir.is_dir() and any(output_dir.iterdir())
+    if previous and not (config.resume or config.overwrite):
+        raise ValueError(f"`output_dir` {output_dir} holds a previous run; pass --resume to continue it, or "
+                         "--overwrite to start over (its checkpoints and metrics are deleted, its model replaced)")
+    if previous and config.overwrite:
+        if accelerator.is_main_process:
+            logger.warning("--overwrite: deleting the previous run's checkpoints and metrics in %s", output_dir)
+            found = [path for path in output_dir.rglob("checkpoints") if path.is_dir()]
+            for path in found:
+                shutil.rmtree(path, ignore_errors=True)  # one may lie inside another
+            for path in output_dir.rglob("metrics.json"):
+                path.unlink()
+        accelerator.wait_for_everyone()
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -196,7 +191,7 @@ class CheckpointManager:
             if final.exists():  # the same step saved again (a finished run resumed): the newer copy wins
                 shutil.rmtree(final)
             staging.rename(final)
-            fsync_path(self.directory)
+            fsync_directory(self.directory)
             write_text_atomic(self.directory / LATEST_FILE, final.name)
             self._rotate(keep=final)
         accelerator.wait_for_everyone()

@@ -38,7 +38,7 @@ from .config import check_at_least, check_choice, none_if_off
 from .data import DataSpec, ImageBank, load_split
 from .model_card import model_card, write_model_card
 from .sequences import Row, RowEncoder, forward_rows, sample_reasoning
-from .state import CheckpointManager, Progress
+from .state import CheckpointManager, Progress, prepare_output_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ class RewardTrainingConfig:
         "Data": ("train_data", "eval_data"),
         "Optimisation": ("steps", "lr", "weight_decay", "lr_scheduler", "warmup_steps", "max_grad_norm", "seed"),
         "Evaluation": ("eval_every", "eval_num_samples", "eval_max_new_tokens", "eval_batch_size"),
-        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "log_every",
-                                    "log_with"),
+        "Checkpoints and logging": ("output_dir", "save_every", "checkpoints_total_limit", "resume", "overwrite",
+                                    "log_every", "log_with"),
     }
 
     base: str = field(default="runs/base/teacher", metadata={
@@ -87,6 +87,9 @@ class RewardTrainingConfig:
         "help": "keep at most this many checkpoints in <output_dir>/checkpoints (oldest deleted first; none: all)"})
     resume: bool = field(default=False, metadata={
         "help": "continue from the newest complete checkpoint in <output_dir>/checkpoints (none there: start)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in a used <output_dir>: its checkpoints and metrics are deleted, its outputs replaced "
+                "(without it, or --resume, a used <output_dir> is refused)"})
     log_every: int = field(default=1, metadata={"help": "steps between tracker logs"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker (none: off)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code of the base"})
@@ -126,6 +129,7 @@ class RewardTrainer:
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(log_with=config.log_with, project_dir=config.output_dir,
                                        mixed_precision=config.mixed_precision)
+        prepare_output_dir(self.output_dir, config, self.accelerator)
         torch.manual_seed(config.seed)
         model, self.processor, self.rubric = load_base(config.base, config.trust_remote_code)
         self.dimensions = tuple(config.dimensions or self.rubric.dimension_names)
@@ -335,9 +339,7 @@ class RewardTrainer:
                               self.train_set.description or "user data", metrics,
                               teacher=getattr(self.config, "teacher", None))
             write_model_card(self.output_dir / "model", card)
-            path = self.output_dir / METRICS_FILE
-            path.with_suffix(".tmp").write_text(json.dumps(metrics, indent=2))
-            path.with_suffix(".tmp").replace(path)
+            write_text_atomic(self.output_dir / METRICS_FILE, json.dumps(metrics, indent=2))
         self.accelerator.wait_for_everyone()
 
     def export(self, directory: Path) -> None:
