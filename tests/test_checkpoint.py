@@ -155,6 +155,7 @@ def test_hub_ids_download_only_safe_files(tmp_path, monkeypatch):
 
 
 def test_push_to_hub_uploads_a_loadable_checkpoint(tmp_path, monkeypatch):
+    import fnmatch
     import shutil
 
     import huggingface_hub
@@ -168,13 +169,16 @@ def test_push_to_hub_uploads_a_loadable_checkpoint(tmp_path, monkeypatch):
         def create_repo(self, repo_id, private=None, exist_ok=False):
             assert repo_id == "me/my-reward" and exist_ok
 
-        def upload_folder(self, repo_id, folder_path, commit_message):
-            shutil.copytree(folder_path, uploaded)
+        def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns=()):
+            # huggingface_hub matches `ignore_patterns` with fnmatch on paths relative to the folder
+            shutil.copytree(folder_path, uploaded, ignore=lambda _, names: [
+                name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns)])
             return "commit"
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     loss_fn = ZRewardLoss(sharp_scorer("qwen2_vl"))
     assert loss_fn.push_to_hub("me/my-reward") == "commit"
+    assert not any(path.name.startswith(".") for path in uploaded.iterdir())  # the save marker stays local
     images = random_images(1, 56, 56)
     torch.testing.assert_close(ZRewardLoss.from_pretrained(uploaded).score(images, PROMPTS[:1]).probs,
                                loss_fn.score(images, PROMPTS[:1]).probs, atol=0, rtol=0)

@@ -47,8 +47,79 @@ def test_create_tiny_other_families(tmp_path, family, capsys):
     assert (tmp_path / family / "zreward_config.json").is_file()
 
 
+def one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
+    """A user error: exit status 2 and a single `zreward: error:` line naming what was wrong (no traceback)."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("zreward:")]  # besides progress bars
+    assert len(lines) == 1 and lines[0].startswith("zreward: error:"), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "tiny"
+    assert main(["create-tiny", str(path)]) == 0
+    return path
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
-    assert main(["score", "--model", str(tmp_path), "--prompt", "x", "missing.png"]) == 2
-    assert "not a Z-Reward checkpoint" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--family must be one of"):
-        main(["create-tiny", str(tmp_path / "x"), "--family", "llama"])
+    one_line_error(in_process(capsys, "score", "--model", str(tmp_path), "--prompt", "x", "missing.png"),
+                   "not a Z-Reward checkpoint")
+    one_line_error(in_process(capsys, "create-tiny", str(tmp_path / "x"), "--family", "llama"),
+                   "--family must be one of")
+
+
+def test_a_missing_model_path_is_one_line_not_a_hub_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for model in ("./nowhere", "runs/demo/model", str(tmp_path / "missing")):
+        one_line_error(in_process(capsys, "score", "--model", model, "--prompt", "x", "a.png"), "no such directory",
+                       model)
+    # an `org/name` that is not a local folder is tried on the hub: offline, that fails in one line too
+    one_line_error(run_cli("score", "--model", "someone/nothing", "--prompt", "x", "a.png"), "someone/nothing",
+                   "hub")
+
+
+def test_missing_data_bad_device_and_bad_sizes_are_one_line(tmp_path, tiny, capsys):
+    one_line_error(in_process(capsys, "eval", "--model", str(tiny), "--data", str(tmp_path / "none")), "--data")
+    (tmp_path / "empty").mkdir()
+    one_line_error(in_process(capsys, "eval", "--model", str(tiny), "--data", str(tmp_path / "empty")),
+                   str(tmp_path / "empty"))
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((56, 56, 3), dtype=np.uint8)).save(image)
+    one_line_error(in_process(capsys, "score", "--model", str(tiny), "--device", "bogus", "--prompt", "x",
+                              str(image)), "--device 'bogus'")
+    for size in ("-1", "0", "two"):
+        with pytest.raises(SystemExit) as stop:  # argparse: usage, then one error line, exit status 2
+            main(["score", "--model", str(tiny), "--batch-size", size, "--prompt", "x", str(image)])
+        assert stop.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(tiny), "--data", str(tmp_path), "--limit", "0"])
+    assert "--limit" in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_image_is_one_line(tmp_path, tiny, capsys, monkeypatch):
+    image = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((100, 100, 3), dtype=np.uint8)).save(image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is then a bomb (more than twice the limit)
+    one_line_error(in_process(capsys, "score", "--model", str(tiny), "--prompt", "x", str(image)), "bomb.png")
+
+
+def test_create_tiny_never_destroys_a_folder_it_did_not_write(tmp_path):
+    """`mkdir -p runs/exp1 && echo x > runs/exp1/metrics.json && zreward create-tiny runs` deleted runs/exp1."""
+    (tmp_path / "runs" / "exp1").mkdir(parents=True)
+    (tmp_path / "runs" / "exp1" / "metrics.json").write_text("x")
+    one_line_error(run_cli("create-tiny", str(tmp_path / "runs")), "--overwrite")
+    assert (tmp_path / "runs" / "exp1" / "metrics.json").read_text() == "x"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # no staging copy left behind
+    assert run_cli("create-tiny", str(tmp_path / "runs"), "--overwrite").returncode == 0
+    assert (tmp_path / "runs" / "zreward_config.json").is_file() and not (tmp_path / "runs" / "exp1").exists()
+    assert run_cli("create-tiny", str(tmp_path / "runs")).returncode == 0  # ours now: replaced without a flag

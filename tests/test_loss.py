@@ -133,7 +133,7 @@ def test_pil_and_uint8_inputs_go_through_score(loss_fn):
         (lambda: random_images(2, 56, 56), PROMPTS[:1], ValueError, "`prompts` has 1 entries but `images` has batch"),
         (lambda: random_images(2, 56, 56), [], ValueError, "`prompts` is empty"),
         (lambda: random_images(2, 56, 56), "one prompt", TypeError, "single string"),
-        (lambda: random_images(2, 56, 56), [1, 2], TypeError, "list of strings"),
+        (lambda: random_images(2, 56, 56), [1, 2], TypeError, r"`prompts\[0\]` must be a string, got int"),
         (lambda: random_images(0, 56, 56), [], ValueError, "empty batch"),
         (lambda: torch.zeros(2, 3, 56, 56, dtype=torch.uint8), PROMPTS, TypeError, "float tensor"),
         (lambda: [[0.0]], PROMPTS, TypeError, "torch.Tensor"),

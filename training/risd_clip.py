@@ -187,7 +187,7 @@ def train(config: RISDClipConfig) -> dict:
                "preference_accuracy": float(np.mean(list(per_dimension.values()))), "per_dimension": per_dimension,
                "parameters": sum(p.numel() for p in student.parameters()), "history": history}
     if accelerator.is_main_process:
-        ZRewardLoss(student).save_pretrained(out / "model")
+        ZRewardLoss(student).save_pretrained(out / "model", overwrite=config.overwrite)
         write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     return metrics

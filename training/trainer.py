@@ -347,7 +347,8 @@ class RewardTrainer:
         model = self.unwrapped()
         requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         loss = ZRewardLoss(ZRewardScorer(model, self.processor, self.rubric), dimensions=list(self.dimensions))
-        loss.save_pretrained(directory, base_model=self.config.base if self.config.lora else None)
+        loss.save_pretrained(directory, base_model=self.config.base if self.config.lora else None,
+                             overwrite=self.config.overwrite)
         for name, p in model.named_parameters():  # the scorer froze the backbone; training may go on
             p.requires_grad_(requires_grad[name])
         model.train()

@@ -1,23 +1,82 @@
 """The `zreward` command line: `create-tiny`, `score` and `eval`.
 
-    zreward create-tiny DIR [--family qwen2_vl] [--seed 0]
+    zreward create-tiny DIR [--family qwen2_vl] [--seed 0] [--overwrite]
     zreward score --model DIR --prompt "two red circles" image1.png image2.png
     zreward eval --model DIR --data DATASET_DIR [--out REPORT_DIR]
+
+A user error (a bad argument, a missing file or checkpoint, an unreadable image, input the model refuses) is one
+line on stderr, `zreward: error: ...`, and exit status 2; a traceback means a bug.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+
+
+class UserError(Exception):
+    """An error in what the user asked for, reported as one line."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_device(device: str | None) -> None:
+    """A device the user named must exist and be usable here (checked before any loading)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        torch.empty(0, device=torch.device(device))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"--device {device!r} is not usable here: {first}") from None
+
+
+def _load_model(model: str, device: str | None):
+    """The checkpoint `--model` names: a local directory, or else a hub repo id."""
+    from .loss import ZRewardLoss
+
+    _check_device(device)
+    path = Path(model).expanduser()
+    looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip(os.sep).replace("/", "", 1)
+    if not path.exists() and looks_local:
+        raise UserError(f"--model {model!r}: no such directory")
+    try:
+        return ZRewardLoss.from_pretrained(str(path) if path.exists() else model, device=device)
+    except OSError as error:
+        if path.exists():
+            raise
+        raise UserError(f"--model {model!r} is not a local directory, and the hub repo could not be read: "
+                        f"{_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _create_tiny(args) -> int:
     from .testing import TINY_FAMILIES, create_tiny_checkpoint
 
     if args.family not in TINY_FAMILIES:
-        raise SystemExit(f"--family must be one of {', '.join(TINY_FAMILIES)}, got {args.family!r}")
-    create_tiny_checkpoint(args.directory, family=args.family, seed=args.seed)
+        raise UserError(f"--family must be one of {', '.join(TINY_FAMILIES)}, got {args.family!r}")
+    try:
+        create_tiny_checkpoint(args.directory, family=args.family, seed=args.seed, overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise UserError(f"{error}".replace("pass overwrite=True (--overwrite on the command line)", "pass --overwrite")
+                        ) from None
     sys.stdout.write(json.dumps({"created": args.directory, "family": args.family, "seed": args.seed}) + "\n")
     return 0
 
@@ -25,20 +84,19 @@ def _create_tiny(args) -> int:
 def _score(args) -> int:
     from PIL import Image
 
-    from .loss import ZRewardLoss
-
-    loss_fn = ZRewardLoss.from_pretrained(args.model, device=args.device)
-    prompts = args.prompt if len(args.prompt) == len(args.images) else args.prompt * len(args.images)
     if len(args.prompt) not in (1, len(args.images)):
-        raise SystemExit(f"give one --prompt, or one per image ({len(args.images)}), got {len(args.prompt)}")
+        raise UserError(f"give one --prompt, or one per image ({len(args.images)}), got {len(args.prompt)}")
+    prompts = args.prompt if len(args.prompt) == len(args.images) else args.prompt * len(args.images)
+    loss_fn = _load_model(args.model, args.device)
     for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start : start + args.batch_size]
         images = []
         for path in paths:
             try:
-                images.append(Image.open(path).convert("RGB"))
-            except OSError as error:
-                raise SystemExit(f"cannot read image {path!r}: {error}") from error
+                with Image.open(path) as image:
+                    images.append(image.convert("RGB"))
+            except (OSError, Image.DecompressionBombError) as error:
+                raise UserError(f"cannot read image {path!r}: {_first_line(error)}") from None
         output = loss_fn.score(images, prompts[start : start + args.batch_size])
         for path, prompt, record in zip(paths, prompts[start:], output.to_records(), strict=False):
             sys.stdout.write(json.dumps({"image": path, "prompt": prompt, **record}) + "\n")
@@ -46,14 +104,13 @@ def _score(args) -> int:
 
 
 def _eval(args) -> int:
-    from pathlib import Path
-
     from .data import load_dataset
     from .evaluation import evaluate_probs, markdown_table, score_dataset, write_report
-    from .loss import ZRewardLoss
 
-    loss_fn = ZRewardLoss.from_pretrained(args.model, device=args.device)
-    dataset = load_dataset(args.data)
+    if not Path(args.data).exists():
+        raise UserError(f"--data {args.data!r}: no such file or directory")
+    dataset = load_dataset(args.data)  # before the model: a bad dataset fails in seconds
+    loss_fn = _load_model(args.model, args.device)
     if args.limit is not None:
         dataset = _first_groups(dataset, args.limit)
     probs = score_dataset(loss_fn.scorer, dataset, batch_size=args.batch_size)
@@ -95,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     output = tiny.add_argument_group("Output")
     output.add_argument("directory", help="where the checkpoint is written")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty directory that is not a checkpoint written by zreward")
     tiny.set_defaults(func=_create_tiny)
 
     about = "print one JSON line per image: per-dimension distributions"
@@ -102,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(score)
     inputs = score.add_argument_group("Input")
     inputs.add_argument("--prompt", required=True, action="append", help="the prompt (repeat for one per image)")
-    inputs.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    inputs.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
     inputs.add_argument("images", nargs="+", help="image files")
     score.set_defaults(func=_score)
 
@@ -111,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(evaluate)
     inputs = evaluate.add_argument_group("Input")
     inputs.add_argument("--data", required=True, help="dataset directory (ours) or a jsonl/csv/parquet file")
-    inputs.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    inputs.add_argument("--limit", type=int, default=None, help="evaluate only the first groups, ~this many images")
+    inputs.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    inputs.add_argument("--limit", type=_positive_int, default=None,
+                        help="evaluate only the first groups, ~this many images")
     output = evaluate.add_argument_group("Output")
     output.add_argument("--out", default=None, help="report directory (default runs/eval/<model name>)")
     evaluate.set_defaults(func=_eval)
@@ -123,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError) as error:
-        sys.stderr.write(f"zreward: error: {error}\n")
-        return 2
+    except UserError as error:
+        message = str(error)
+    except (ValueError, TypeError, OSError) as error:  # refused input, a missing or unreadable file
+        message = _first_line(error) if isinstance(error, OSError) else str(error)
+    sys.stderr.write(f"zreward: error: {' '.join(message.split())}\n")
+    return 2
 
 
 if __name__ == "__main__":

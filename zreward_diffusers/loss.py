@@ -13,11 +13,19 @@ lower loss = higher reward.
 
 The module is frozen but keeps autograd to the images. It does not own a device (`.to()` moves it) and is not
 meant to go through `accelerator.prepare` (it has no trainable parameters); move it next to the generator's VAE
-output, or to another device and move the decoded images there.
+output, or to another device: images are moved to the backbone's device, and their gradient comes back to theirs.
+
+Every entry (`forward`, `reward`, `reward_with_scores`, `score`) runs the shared input checks of `image_inputs`
+before the backbone does (docs/design.md, 'Public contract'), so bad input is a `ValueError` / `TypeError` that names
+`images`, `prompts` or `prompts[i]`; prompts are data, never control (a special token of the tokenizer in a prompt
+is refused, see `ZRewardScorer`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import numbers
 import os
 from pathlib import Path
 
@@ -27,16 +35,18 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import (
-    atomic_directory,
     load_backbone,
     read_config,
     resolve_checkpoint,
     save_backbone,
     write_config,
 )
-from .image_inputs import check_image_range, image_tensor_to_unit_range
+from .image_inputs import check_image_range, check_image_tensor, check_prompt_list, to_unit_range
 from .rubric import Rubric
-from .scorer import MIN_SCORE_TOKEN_MASS, ScoreOutput, ZRewardScorer, logger
+from .saving import MARKER_NAME, atomic_directory
+from .scorer import ScoreOutput, ZRewardScorer
+
+logger = logging.getLogger(__name__)
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -44,15 +54,24 @@ REDUCTIONS = ("mean", "sum", "none")
 class ZRewardLoss(nn.Module):
     """Differentiable Z-Reward loss: `loss = loss_fn(images, prompts)`.
 
+    Images are float tensors `(B, 3, H, W)` in `image_range`, of any float dtype (computed in float32 inside, the
+    gradient comes back in their dtype) and on any device (moved to the backbone's). Refused, naming `images`:
+    other ranks or channel counts (channels-last layouts with the `permute` that fixes them), integer or bool
+    tensors, NaN / Inf, values outside the range by more than a quarter of its width. Images that are all ≥ 0 under
+    `image_range="-1,1"` look like [0, 1] images: a warning, once per loss. Prompts are a list of non-empty strings,
+    one per image, without special tokens of the tokenizer, short enough for the backbone's positions (checked
+    before it runs; see `ZRewardScorer`).
+
     Args:
         scorer: a `ZRewardScorer` (backbone, processor, rubric).
-        image_range: `"-1,1"` (diffusers VAE output, default) or `"0,1"`. Values slightly outside (VAE overshoot)
-            are clamped to the range as diffusers' post-processing does; values far outside raise.
+        image_range: `"-1,1"` (diffusers VAE output, default) or `"0,1"`. Values slightly outside (VAE overshoot, up
+            to a quarter of the range's width) are clamped to the range as diffusers' post-processing does; values
+            further outside raise.
         reduction: `"mean"`, `"sum"` or `"none"` (per-image losses `(B,)`).
-        kappa: uncertainty aversion κ ≥ 0 (reward minus κ times the weighted score std).
-        margin: if set, the loss is ReLU(margin − R) (saturating φ of ReFL) instead of −R.
+        kappa: uncertainty aversion κ ≥ 0, finite (reward minus κ times the weighted score std).
+        margin: if set (a finite number), the loss is ReLU(margin − R) (saturating φ of ReFL) instead of −R.
         normalize: standardise each dimension's expected score with running statistics.
-        momentum: update rate of the running statistics.
+        momentum: update rate of the running statistics, in (0, 1].
         dimensions: score only these rubric dimensions (default all).
 
     >>> import torch
@@ -80,6 +99,8 @@ class ZRewardLoss(nn.Module):
         check_image_range(image_range)
         if reduction not in REDUCTIONS:
             raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
+        kappa, momentum = _finite("kappa", kappa), _finite("momentum", momentum)
+        margin = None if margin is None else _finite("margin", margin)
         if kappa < 0:
             raise ValueError(f"`kappa` must be non-negative, got {kappa}")
         if not 0.0 < momentum <= 1.0:
@@ -87,13 +108,13 @@ class ZRewardLoss(nn.Module):
         self.scorer = scorer
         self.image_range = image_range
         self.reduction = reduction
-        self.kappa = float(kappa)
-        self.margin = None if margin is None else float(margin)
+        self.kappa = kappa
+        self.margin = margin
         self.normalize = normalize
-        self.momentum = float(momentum)
+        self.momentum = momentum
         self.dimensions = scorer._dimensions(dimensions)
         self.update_running_stats = True
-        self._warned_low_mass = False
+        self._warned_unit_range = False
         num_dims = len(self.dimensions)
         self.register_buffer("running_mean", torch.zeros(num_dims))
         self.register_buffer("running_var", torch.ones(num_dims))
@@ -112,25 +133,31 @@ class ZRewardLoss(nn.Module):
     def disable_gradient_checkpointing(self) -> None:
         self.scorer.disable_gradient_checkpointing()
 
+    # ------------------------------------------------------------------------------------------------ inputs
+    def _unit_images(self, images) -> torch.Tensor:
+        """The shared image check in `image_range` (`image_inputs.check_image_tensor`), the one-time warning for
+        [0, 1]-looking images under "-1,1", then `(B, 3, H, W)` in [0, 1], float32 (float64 kept)."""
+        found_low, found_high = check_image_tensor(images, self.image_range)
+        if self.image_range == "-1,1" and found_low >= 0.0 and not self._warned_unit_range:
+            self._warned_unit_range = True
+            logger.warning(
+                "`images` are all >= 0 (values in [%.3g, %.3g]): they look like [0, 1] images, but this loss reads "
+                "them as [-1, 1] (image_range='-1,1'), i.e. as mid-grey to white; for [0, 1] images construct it "
+                "with image_range='0,1' (this warning is shown once)",
+                found_low, found_high,
+            )
+        return to_unit_range(images, self.image_range)
+
     # ------------------------------------------------------------------------------------------------ scoring
     def score(self, images, prompts: list[str], dimensions=None, reasoning=None) -> ScoreOutput:
-        """Score distributions for logging: float tensors (differentiable path) or PIL images / uint8 arrays
-        (the official processor path)."""
+        """Score distributions for logging: tensors take the differentiable path (checked as in `forward`); PIL
+        images and uint8 arrays `(H, W, 3)` / `(B, H, W, 3)` take the official processor path, no gradient."""
         dimensions = self.dimensions if dimensions is None else dimensions
-        if isinstance(images, torch.Tensor) and images.is_floating_point():
-            unit = image_tensor_to_unit_range(images, self.image_range)
-            output = self.scorer(unit, prompts, dimensions=dimensions, reasoning=reasoning)
-        else:
-            output = self.scorer.score_pil(images, prompts, dimensions=dimensions, reasoning=reasoning)
-        mean_mass = float(output.score_token_mass.detach().mean())
-        if mean_mass < MIN_SCORE_TOKEN_MASS and not self._warned_low_mass:
-            self._warned_low_mass = True
-            logger.warning(
-                "score tokens hold %.3f of the vocabulary mass on average (< %.2f): the model does not follow the "
-                "rubric's answer format (expected for a randomly initialised tiny checkpoint)",
-                mean_mass, MIN_SCORE_TOKEN_MASS,
-            )
-        return output
+        if isinstance(images, torch.Tensor):
+            unit = self._unit_images(images)
+            prompts = check_prompt_list(prompts, unit.shape[0])
+            return self.scorer(unit, prompts, dimensions=dimensions, reasoning=reasoning)
+        return self.scorer.score_pil(images, prompts, dimensions=dimensions, reasoning=reasoning)
 
     def reward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The shaped reward R `(B,)` of float images, differentiable with respect to `images`."""
@@ -139,7 +166,8 @@ class ZRewardLoss(nn.Module):
     def reward_with_scores(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, ScoreOutput]:
         """`(R, score output)` from one forward pass: the shaped reward `(B,)` and the distributions behind it
         (for logging μ and σ of every dimension without scoring twice)."""
-        unit = image_tensor_to_unit_range(images, self.image_range)
+        unit = self._unit_images(images)
+        prompts = check_prompt_list(prompts, unit.shape[0])
         output = self.scorer(unit, prompts, dimensions=self.dimensions)
         return self._shape(output), output
 
@@ -210,13 +238,17 @@ class ZRewardLoss(nn.Module):
             "num_batches_tracked": int(self.num_batches_tracked),
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike, base_model: str | None = None, **card) -> None:
-        """Write the checkpoint (atomically) so that `ZRewardLoss.from_pretrained(save_directory)` restores it.
+    def save_pretrained(self, save_directory: str | os.PathLike, base_model: str | None = None,
+                        overwrite: bool = False) -> None:
+        """Write the checkpoint so that `ZRewardLoss.from_pretrained(save_directory)` restores it.
 
-        In multi-process training, call it from the main process only.
+        The save is atomic and never destroys what it did not write (`zreward_diffusers.saving`): a non-empty
+        `save_directory` that is not a checkpoint saved here is refused unless `overwrite=True`. `base_model` names
+        the base of a PEFT backbone (default: the adapter's own). In multi-process training, call it from the main
+        process only.
         """
         scorer = self.scorer
-        with atomic_directory(save_directory) as tmp:
+        with atomic_directory(save_directory, overwrite=overwrite) as tmp:
             if getattr(scorer, "model_config", None) is not None:  # the CLIP-sized student
                 from .clip_student import FAMILY
 
@@ -244,7 +276,7 @@ class ZRewardLoss(nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(Path(tmp) / "checkpoint")
             return api.upload_folder(
-                repo_id=repo_id, folder_path=str(Path(tmp) / "checkpoint"),
+                repo_id=repo_id, folder_path=str(Path(tmp) / "checkpoint"), ignore_patterns=[MARKER_NAME],
                 commit_message=commit_message or "Upload Z-Reward checkpoint",
             )
 
@@ -291,6 +323,15 @@ class ZRewardLoss(nn.Module):
             loss.running_var.copy_(torch.tensor(running["running_var"]))
             loss.num_batches_tracked.fill_(running["num_batches_tracked"])
         return loss if device is None else loss.to(device)
+
+
+def _finite(name: str, value) -> float:
+    """`value` as a float; a `TypeError` unless it is a real number, a `ValueError` unless it is finite."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}")
+    return float(value)
 
 
 def _model_type(model) -> str:

@@ -12,6 +12,7 @@ the levels are read from nine single-token symbols, the digits "1".."9", with th
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -47,7 +48,7 @@ class Rubric:
 
     Args:
         dimensions: the scored dimensions, in output order.
-        levels: the value of each score level, strictly increasing (default 1.0, 1.5, ..., 5.0).
+        levels: the value of each score level, finite and strictly increasing (default 1.0, 1.5, ..., 5.0).
         score_tokens: one single-token string per level, read at the answer position.
         prompt_template: the user message, with `{prompt}`, `{dimension}` and `{question}` fields; the image comes
             first in the message.
@@ -55,7 +56,8 @@ class Rubric:
         student_prefix: text between the assistant turn and `answer_prefix` when there is no reasoning (e.g. an
             empty `<think>\\n\\n</think>\\n\\n` block for thinking models).
         reasoning_prefix / reasoning_suffix: wrap a teacher's reasoning before `answer_prefix`.
-        weights: per-dimension weights of the overall reward; `None` means uniform (docs/method.md eq. 3).
+        weights: per-dimension weights of the overall reward, finite, non-negative, with a positive sum; `None`
+            means uniform (docs/method.md eq. 3).
     """
 
     dimensions: tuple[RubricDimension, ...] = DEFAULT_DIMENSIONS
@@ -78,6 +80,8 @@ class Rubric:
         names = [d.name for d in self.dimensions]
         if len(set(names)) != len(names):
             raise ValueError(f"`dimensions` names must be unique, got {names}")
+        if not all(math.isfinite(v) for v in self.levels):
+            raise ValueError(f"`levels` must be finite numbers, got {self.levels}")
         if len(self.levels) < 2 or any(b <= a for a, b in zip(self.levels, self.levels[1:], strict=False)):
             raise ValueError(f"`levels` must be at least two strictly increasing values, got {self.levels}")
         if len(self.score_tokens) != len(self.levels):
@@ -91,9 +95,11 @@ class Rubric:
                 raise ValueError(f"`prompt_template` must contain {key}, got {self.prompt_template!r}")
         if self.weights is not None:
             weights = tuple(float(w) for w in self.weights)
-            if len(weights) != len(self.dimensions) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            if (len(weights) != len(self.dimensions) or not all(math.isfinite(w) and w >= 0 for w in weights)
+                    or sum(weights) <= 0):
                 raise ValueError(
-                    f"`weights` must be {len(self.dimensions)} non-negative numbers with a positive sum, got {weights}"
+                    f"`weights` must be {len(self.dimensions)} finite non-negative numbers with a positive sum, "
+                    f"got {weights}"
                 )
             object.__setattr__(self, "weights", weights)
 

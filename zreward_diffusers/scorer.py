@@ -8,12 +8,19 @@ prompt; the teacher reads after its reasoning (`reasoning=`), which `generate_re
 
 All dimensions of a batch go through the backbone in one forward pass: sequences are laid out image-major,
 `(B * D)` rows, left-padded so the answer position is the last one.
+
+Every entry (`__call__`, `score_pil`, `generate_reasoning`) checks its input before the backbone runs, with the
+shared checks of `image_inputs` (docs/design.md, 'Public contract'): images (shape, dtype, NaN / Inf, range),
+prompts (list of non-empty strings, one per image, no special token of the tokenizer) and the input length against
+the backbone's `max_position_embeddings`.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +28,14 @@ from PIL import Image
 from torch import nn
 
 from .distributions import entropy, expected_score, normalized_reward, score_std
-from .image_inputs import check_prompts, to_pil_images
+from .image_inputs import (
+    check_image_tensor,
+    check_prompt_list,
+    special_token_pattern,
+    special_tokens_of,
+    to_pil_images,
+    to_unit_range,
+)
 from .preprocessing import image_transform_for
 from .rubric import Rubric
 
@@ -32,6 +46,9 @@ TEXT_CACHE_SIZE = 8192
 # Alert threshold on the mean vocabulary mass of the score tokens: template adherence, in docs/method.md,
 # 'Score distributions'.
 MIN_SCORE_TOKEN_MASS = 0.95
+# The mass is checked on a scorer's first read and every this many reads after (each check waits for the device),
+# until it has warned once.
+MASS_CHECK_EVERY = 64
 
 
 @dataclass
@@ -81,7 +98,12 @@ class ZRewardScorer(nn.Module):
     """A VLM backbone, its processor and a `Rubric`, read as score distributions.
 
     The backbone is frozen (`requires_grad_(False)`, eval mode) but never run under `no_grad`: gradients reach the
-    input pixels. The module owns no device; `.to()` moves it.
+    input pixels. The module owns no device; `.to()` moves it, and images are moved to it.
+
+    Prompts are data, never control: one that contains a special token of the tokenizer (`special_tokens`: chat
+    markers, image / video placeholders) is refused with a `ValueError` naming `prompts[i]` and the token, as is an
+    empty one or one whose input would exceed the backbone's `max_position_embeddings`. A warning (once per scorer)
+    reports a backbone that puts less than `MIN_SCORE_TOKEN_MASS` of its probability on the score tokens.
 
     Args:
         model: a transformers image-text-to-text model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Gemma 3).
@@ -106,6 +128,10 @@ class ZRewardScorer(nn.Module):
         self.register_buffer("score_token_ids", self._score_token_ids(), persistent=False)
         self.register_buffer("levels", self.rubric.levels_tensor(), persistent=False)
         self.register_buffer("dimension_weights", self.rubric.weights_tensor(), persistent=False)
+        self.special_tokens = special_tokens_of(processor)
+        self._special_token_pattern = special_token_pattern(self.special_tokens)
+        self._mass_reads = 0
+        self._warned_low_mass = False
         # Token-side inputs per (prompt, dimension, reasoning, image size), least recently used evicted first.
         self._text_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self._gradient_checkpointing = False
@@ -115,6 +141,14 @@ class ZRewardScorer(nn.Module):
     @property
     def tokenizer(self):
         return self.processor.tokenizer
+
+    @property
+    def max_positions(self) -> int | None:
+        """The backbone's `max_position_embeddings` (its text config): the longest input it is built for."""
+        config = getattr(self.model, "config", None)
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        value = getattr(text_config, "max_position_embeddings", None)
+        return int(value) if value else None
 
     def _score_token_ids(self) -> torch.Tensor:
         return score_token_ids(self.tokenizer, self.rubric.score_tokens, self.rubric.answer_prefix)
@@ -206,12 +240,85 @@ class ZRewardScorer(nn.Module):
             self.rubric.dimension_index(name)
         return tuple(dimensions)
 
-    @staticmethod
-    def _check_reasoning(reasoning, batch_size: int, num_dims: int) -> None:
-        if reasoning is not None and (len(reasoning) != batch_size or any(len(r) != num_dims for r in reasoning)):
+    def _check_reasoning(self, reasoning, batch_size: int, num_dims: int) -> None:
+        """`reasoning`: B lists of D strings, none containing a special token (as for prompts)."""
+        if reasoning is None:
+            return
+        if (isinstance(reasoning, str) or not isinstance(reasoning, Sequence) or len(reasoning) != batch_size
+                or any(isinstance(r, str) or not isinstance(r, Sequence) or len(r) != num_dims for r in reasoning)):
             raise ValueError(
                 f"`reasoning` must be a list of {batch_size} lists (one per image) of {num_dims} strings "
                 "(one per dimension)"
+            )
+        for b, chains in enumerate(reasoning):
+            for d, chain in enumerate(chains):
+                if not isinstance(chain, str):
+                    raise TypeError(f"`reasoning[{b}][{d}]` must be a string, got {type(chain).__name__}")
+                found = self._special_token_pattern.search(chain) if self._special_token_pattern else None
+                if found is not None:
+                    raise ValueError(f"`reasoning[{b}][{d}]` contains the special token {found.group()!r} of the "
+                                     "model's tokenizer; reasoning is read as text: remove it")
+
+    # ------------------------------------------------------------------------------------------------ input checks
+    def _unit_images(self, images) -> torch.Tensor:
+        """The shared image check for float images `(B, 3, H, W)` in [0, 1] (`image_inputs.check_image_tensor`),
+        then the images on the backbone's device, in float32 (float64 kept), clamped to [0, 1]."""
+        check_image_tensor(images, "0,1")
+        return to_unit_range(images.to(self.score_token_ids.device), "0,1")
+
+    def check_prompts(self, prompts, batch_size: int | None, reserve: int = 0) -> list[str]:
+        """The shared prompt check (`image_inputs.check_prompt_list`, this tokenizer's special tokens refused), then a
+        prompt whose tokens alone (plus `reserve` generated tokens) exceed `max_positions` is refused at once,
+        before anything is encoded; `_check_lengths` later counts the whole input exactly."""
+        prompts = check_prompt_list(prompts, batch_size, self._special_token_pattern)
+        limit = self.max_positions
+        if limit is None:
+            return prompts
+        for index, prompt in enumerate(prompts):
+            if len(prompt.encode("utf-8")) + reserve <= limit:  # only long texts are tokenised here
+                continue
+            num_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if num_tokens + reserve > limit:
+                generated = f" plus `max_new_tokens` ({reserve})" if reserve else ""
+                raise ValueError(
+                    f"`prompts[{index}]` is too long for the backbone: {num_tokens} tokens on its own{generated}, "
+                    f"more than its max_position_embeddings ({limit}) before the rubric template and the image's "
+                    "tokens are even added; shorten the prompt"
+                )
+        return prompts
+
+    def _check_lengths(self, lengths: list[int], num_dims: int, reasoning=None, reserve: int = 0) -> None:
+        """Refuse, before the backbone runs, any row (image-major, `lengths[b * D + d]` tokens: rubric template,
+        image tokens, prompt b, reasoning) that with `reserve` generated tokens exceeds `max_positions`."""
+        limit = self.max_positions
+        if limit is None:
+            return
+        for row, length in enumerate(lengths):
+            if length + reserve > limit:
+                b, d = divmod(row, num_dims)
+                chain = f" with `reasoning[{b}][{d}]`" if reasoning is not None else ""
+                generated = f" plus `max_new_tokens` ({reserve})" if reserve else ""
+                raise ValueError(
+                    f"`prompts[{b}]`{chain} is too long for the backbone: with the rubric template and the image's "
+                    f"tokens the input is {length} tokens{generated}, more than its max_position_embeddings "
+                    f"({limit}); shorten the prompt"
+                )
+
+    def _report_low_mass(self, mass: torch.Tensor) -> None:
+        """Warn once per scorer when the score tokens hold on average less than `MIN_SCORE_TOKEN_MASS` of the
+        vocabulary mass `(B, D)`; checked on the first read and every `MASS_CHECK_EVERY`-th after."""
+        if self._warned_low_mass:
+            return
+        self._mass_reads += 1
+        if (self._mass_reads - 1) % MASS_CHECK_EVERY:
+            return
+        mean_mass = float(mass.detach().mean())
+        if mean_mass < MIN_SCORE_TOKEN_MASS:
+            self._warned_low_mass = True
+            logger.warning(
+                "score tokens hold %.3f of the vocabulary mass on average (< %.2f): the model does not follow the "
+                "rubric's answer format (expected for a randomly initialised tiny checkpoint)",
+                mean_mass, MIN_SCORE_TOKEN_MASS,
             )
 
     def _texts(self, prompts, dimensions, reasoning) -> list[str]:
@@ -225,16 +332,22 @@ class ZRewardScorer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, images: torch.Tensor, prompts: list[str], dimensions=None, reasoning=None) -> ScoreOutput:
-        """Score float images `(B, 3, H, W)` in [0, 1] (already checked) through the differentiable path.
+        """Score float images `(B, 3, H, W)` in [0, 1] through the differentiable path.
 
+        `images` of any float dtype on any device are checked (`image_inputs.check_image_tensor`: shape, dtype,
+        NaN / Inf, range [0, 1] within `RANGE_TOLERANCE`, clamped), moved to the backbone's device and preprocessed
+        in float32; the gradient comes back to them in their own dtype. `prompts` are checked (`check_prompts`).
         `reasoning`, for teacher mode, is a list of B lists of D reasoning strings; `None` reads as the student.
         """
-        prompts = check_prompts(prompts, images.shape[0])
+        images = self._unit_images(images)
+        batch_size, (height, width) = images.shape[0], images.shape[-2:]
+        prompts = self.check_prompts(prompts, batch_size)
         dimensions = self._dimensions(dimensions)
-        batch_size, num_dims = images.shape[0], len(dimensions)
-        height, width = images.shape[-2:]
-        self._check_reasoning(reasoning, len(prompts), len(dimensions))
-        text_inputs = self._collate(self._token_inputs(prompts, dimensions, reasoning, height, width))
+        num_dims = len(dimensions)
+        self._check_reasoning(reasoning, batch_size, num_dims)
+        rows = self._token_inputs(prompts, dimensions, reasoning, height, width)
+        self._check_lengths([row["input_ids"].shape[-1] for row in rows], num_dims, reasoning)
+        text_inputs = self._collate(rows)
         image_inputs = self.image_transform(images, quantize=self.quantize)
         image_inputs = _repeat_per_image(image_inputs, batch_size, num_dims)
         dtype = next(self.model.parameters()).dtype
@@ -242,20 +355,26 @@ class ZRewardScorer(nn.Module):
         return self._read(dict(text_inputs, **image_inputs), batch_size, dimensions)
 
     def score_pil(self, images, prompts: list[str], dimensions=None, reasoning=None) -> ScoreOutput:
-        """Score PIL images or uint8 arrays through the official processor (no gradient to the pixels)."""
+        """Score PIL images or uint8 arrays through the official processor (no gradient to the pixels); the same
+        prompt checks as `forward`."""
         pil_images = to_pil_images(images)
-        prompts = check_prompts(prompts, len(pil_images))
+        prompts = self.check_prompts(prompts, len(pil_images))
         dimensions = self._dimensions(dimensions)
         texts = self._texts(prompts, dimensions, reasoning)
         repeated = [image for image in pil_images for _ in dimensions]
-        return self._read(self._official_inputs(texts, repeated), len(pil_images), dimensions)
+        encoded = self._official_encodings(texts, repeated)
+        self._check_lengths([e["input_ids"].shape[-1] for e in encoded], len(dimensions), reasoning)
+        return self._read(self._official_inputs(encoded), len(pil_images), dimensions)
 
-    def _official_inputs(self, texts: list[str], images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Run the official processor pair by pair, then left-pad the token fields and stack the image fields."""
-        encoded = [
+    def _official_encodings(self, texts: list[str], images: list[Image.Image]) -> list:
+        """The official processor's output for each (text, image) pair."""
+        return [
             self.processor(text=[t], images=[i], return_tensors="pt", add_special_tokens=False)
             for t, i in zip(texts, images, strict=True)
         ]
+
+    def _official_inputs(self, encoded: list) -> dict[str, torch.Tensor]:
+        """Left-pad the token fields of the official encodings and stack their image fields."""
         inputs = self._collate([_sequence_fields(e) for e in encoded])
         for key in encoded[0]:
             if key not in inputs and isinstance(encoded[0][key], torch.Tensor):
@@ -277,6 +396,7 @@ class ZRewardScorer(nn.Module):
         weights = self.dimension_weights[index]
         reward = (normalized_reward(expected, self.levels) * weights).sum(-1) / weights.sum()
         mass = log_mass.exp().view(batch_size, num_dims)
+        self._report_low_mass(mass)
         return ScoreOutput(
             probs=probs,
             expected=expected,
@@ -303,16 +423,24 @@ class ZRewardScorer(nn.Module):
     ) -> list[list[list[str]]]:
         """Sample reasoning chains (teacher mode): `[b][d][m]` strings for B images, D dimensions, M samples.
 
+        `images` are float tensors `(B, 3, H, W)` in [0, 1] (checked as in `forward`), PIL images or uint8 arrays;
+        `prompts` are checked as in `forward`, and the input plus `max_new_tokens` must fit the backbone's positions.
         Generation starts after the rubric's `reasoning_prefix` and stops at the end-of-turn token or the first
         line of `reasoning_suffix` (e.g. `</think>`); read the distributions afterwards with
         `forward(..., reasoning=...)` / `score_pil(..., reasoning=...)`, never by sampling the score token.
         """
-        pil_images = to_pil_images(images) if not isinstance(images, torch.Tensor) else None
+        if isinstance(images, torch.Tensor):
+            pil_images, images = None, self._unit_images(images)
+        else:
+            pil_images = to_pil_images(images)
         batch_size = len(pil_images) if pil_images is not None else images.shape[0]
-        prompts = check_prompts(prompts, batch_size)
+        for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"`{name}` must be an integer, got {type(value).__name__} {value!r}")
+            if value < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {value}")
+        prompts = self.check_prompts(prompts, batch_size, reserve=max_new_tokens)
         dimensions = self._dimensions(dimensions)
-        if num_samples < 1:
-            raise ValueError(f"`num_samples` must be at least 1, got {num_samples}")
         base = [
             self.processor.apply_chat_template(self.rubric.messages(p, d), add_generation_prompt=True, tokenize=False)
             + self.rubric.reasoning_prefix
@@ -320,10 +448,14 @@ class ZRewardScorer(nn.Module):
             for d in dimensions
         ]
         if pil_images is not None:
-            inputs = self._official_inputs(base, [image for image in pil_images for _ in dimensions])
+            encoded = self._official_encodings(base, [image for image in pil_images for _ in dimensions])
+            self._check_lengths([e["input_ids"].shape[-1] for e in encoded], len(dimensions), reserve=max_new_tokens)
+            inputs = self._official_inputs(encoded)
         else:
             height, width = images.shape[-2:]
-            inputs = self._collate([self._encode_text(t, height, width) for t in base])
+            encoded = [self._encode_text(t, height, width) for t in base]
+            self._check_lengths([e["input_ids"].shape[-1] for e in encoded], len(dimensions), reserve=max_new_tokens)
+            inputs = self._collate(encoded)
             pixel_inputs = _repeat_per_image(self.image_transform(images, quantize=True), batch_size, len(dimensions))
             pixel_inputs["pixel_values"] = pixel_inputs["pixel_values"].to(next(self.model.parameters()).dtype)
             inputs.update(pixel_inputs)

@@ -153,11 +153,12 @@ def build_tiny_scorer(family: str = "qwen2_vl", seed: int = 0):
     return ZRewardScorer(model, processor, tiny_rubric(family))
 
 
-def create_tiny_checkpoint(save_directory, family: str = "qwen2_vl", seed: int = 0) -> None:
+def create_tiny_checkpoint(save_directory, family: str = "qwen2_vl", seed: int = 0, overwrite: bool = False) -> None:
     """Write a random tiny student checkpoint of a real architecture to `save_directory` (for users' CI and ours).
 
-    `ZRewardLoss.from_pretrained(save_directory)` loads it like any released checkpoint.
+    `ZRewardLoss.from_pretrained(save_directory)` loads it like any released checkpoint. A non-empty folder not
+    written by zreward-diffusers is replaced only with `overwrite=True`.
     """
     from .loss import ZRewardLoss
 
-    ZRewardLoss(build_tiny_scorer(family, seed=seed)).save_pretrained(save_directory)
+    ZRewardLoss(build_tiny_scorer(family, seed=seed)).save_pretrained(save_directory, overwrite=overwrite)

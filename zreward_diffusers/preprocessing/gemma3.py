@@ -110,7 +110,8 @@ class Gemma3ImageTransform:
         return self.image_seq_length
 
     def __call__(self, images: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor]:
-        """`images` `(B, 3, H, W)` in [0, 1] → `{"pixel_values": (B, 3, height, width)}` in the dtype of `images`.
+        """`images` `(B, 3, H, W)` in [0, 1] → `{"pixel_values": (B, 3, height, width)}`, float32 for
+        half-precision `images` (computed in float32, gradient back in their dtype), else in their dtype.
 
         `quantize` applies the official path's 8-bit roundings with an identity gradient; turn it off for
         `gradcheck` or smooth losses.

@@ -104,6 +104,9 @@ class QwenVLImageTransform:
         return resized_height * resized_width // (self.patch_size * self.merge_size) ** 2
 
     def __call__(self, images: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor]:
+        """`images` `(B, 3, H, W)` in [0, 1] → `pixel_values` `(B * grid_h * grid_w, 3 * t * p * p)` (float32 for
+        half-precision `images`, computed in float32 with the gradient back in their dtype; else their dtype) and
+        `image_grid_thw` `(B, 3)`."""
         batch_size, channels, height, width = images.shape
         resized_height, resized_width = self.resized_size(height, width)
         pixels = processor_pixels(images, (resized_height, resized_width), "bicubic", quantize)

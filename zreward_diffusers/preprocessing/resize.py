@@ -60,10 +60,13 @@ def processor_pixels(images: torch.Tensor, size: tuple[int, int], mode: str, qua
     """`images` `(B, C, H, W)` in [0, 1] → pixels in [0, 255] at `size`, resized with antialiasing like the processor.
 
     `mode` is `"bicubic"` or `"bilinear"`. `quantize=True` reproduces the official uint8 path in the forward pass
-    with a straight-through gradient; `quantize=False` is a plain float resize.
+    with a straight-through gradient; `quantize=False` is a plain float resize. Half-precision images are computed
+    in float32 (8-bit rounding needs more than bf16's 8 bits, and the CPU has no half-precision backward of these
+    resizes): the pixels are float32 then, float64 stays float64; the gradient comes back in the input's dtype.
     """
     if mode not in _AA_BACKWARD:
         raise ValueError(f"`mode` must be one of {sorted(_AA_BACKWARD)}, got {mode!r}")
+    images = images.to(torch.promote_types(images.dtype, torch.float32))
     if quantize:
         return _QuantizedResize.apply(images, tuple(size), mode)
     pixels = images * 255.0
