@@ -1,13 +1,15 @@
 """Checkpoints: save → load gives identical scores; PEFT adapters; refusal of pickle, missing and corrupt files."""
 
 import json
+import os
 
 import pytest
 import torch
 from helpers import random_images, sharp_scorer
 
 from zreward_diffusers import ZRewardLoss, ZRewardScorer
-from zreward_diffusers.checkpoint import CONFIG_NAME, atomic_directory
+from zreward_diffusers.checkpoint import CONFIG_NAME
+from zreward_diffusers.saving import atomic_directory
 from zreward_diffusers.testing import build_tiny_backbone, create_tiny_checkpoint, tiny_rubric
 
 PROMPTS = ["two red circles on a blue background", "a yellow square"]
@@ -119,6 +121,33 @@ def test_save_is_atomic(tmp_path):
     after = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
     assert before == after
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary left behind
+
+
+def test_a_save_killed_between_its_renames_loads_the_new_checkpoint(tmp_path, monkeypatch):
+    """A crash right after `checkpoint -> old` left no checkpoint under its name; loading now recovers the newest
+    complete state (the finished staging folder) and says so."""
+    import zreward_diffusers.saving as saving
+
+    create_tiny_checkpoint(tmp_path / "ckpt", "qwen2_vl", seed=0)
+    calls, replace = [], os.replace
+
+    def killed_at_the_second_rename(source, target):
+        calls.append(source)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here: nothing after this line of the save runs
+        replace(source, target)
+
+    monkeypatch.setattr(saving.os, "replace", killed_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        create_tiny_checkpoint(tmp_path / "ckpt", "qwen2_vl", seed=1)
+    monkeypatch.setattr(saving.os, "replace", replace)
+    assert not (tmp_path / "ckpt").exists()
+    loaded = ZRewardLoss.from_pretrained(tmp_path / "ckpt")
+    create_tiny_checkpoint(tmp_path / "fresh", "qwen2_vl", seed=1)
+    expected = ZRewardLoss.from_pretrained(tmp_path / "fresh")
+    images = random_images(1, 56, 56)
+    torch.testing.assert_close(loaded.score(images, PROMPTS[:1]).probs, expected.score(images, PROMPTS[:1]).probs,
+                               atol=0, rtol=0)
 
 
 def test_trust_remote_code_is_off_by_default(tmp_path, monkeypatch):

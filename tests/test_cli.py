@@ -123,3 +123,33 @@ def test_create_tiny_never_destroys_a_folder_it_did_not_write(tmp_path):
     assert run_cli("create-tiny", str(tmp_path / "runs"), "--overwrite").returncode == 0
     assert (tmp_path / "runs" / "zreward_config.json").is_file() and not (tmp_path / "runs" / "exp1").exists()
     assert run_cli("create-tiny", str(tmp_path / "runs")).returncode == 0  # ours now: replaced without a flag
+
+
+def test_eval_checks_its_data_before_the_model_and_takes_the_data_switches(tmp_path, tiny, capsys):
+    """`zreward eval` on data with a corrupt image or an image outside its folder: one line naming the row, before
+    the model loads; `--no-verify-images` / `--allow-outside-root` are the documented ways past each check."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((56, 56, 3), 128, dtype=np.uint8)).save(data / name)
+    Image.fromarray(np.zeros((56, 56, 3), dtype=np.uint8)).save(tmp_path / "outside.png")
+    (data / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+
+    def table(*images: str) -> str:
+        path = data / "records.jsonl"
+        path.write_text("".join(json.dumps({"record_id": f"r{i}", "group_id": "g", "prompt": "a red circle",
+                                            "image": image, "scores": {"alignment": 3.0 + i}}) + "\n"
+                                for i, image in enumerate(images)))
+        return str(path)
+
+    line = one_line_error(in_process(capsys, "eval", "--model", str(tiny), "--data", table("a.png", "corrupt.png")),
+                          "corrupt.png")
+    assert "Loading weights" not in capsys.readouterr().err  # refused before the model was loaded
+    assert "line 2" in line or "row 2" in line or "[1]" in line, line
+    one_line_error(in_process(capsys, "eval", "--model", str(tiny), "--data", table("a.png", "../outside.png")),
+                   "outside.png")
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(tiny), "--data", table("a.png", "../outside.png"), "--allow-outside-root",
+                 "--out", str(out)]) == 0
+    assert main(["eval", "--model", str(tiny), "--data", table("a.png", "b.png"), "--no-verify-images",
+                 "--out", str(out / "again")]) == 0

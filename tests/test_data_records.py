@@ -12,6 +12,7 @@ from PIL import Image
 from zreward_diffusers.data import BadRow, DataValidationError, Pair, Record, RewardDataset
 from zreward_diffusers.data.validation import validate_rows
 from zreward_diffusers.rubric import Rubric
+from zreward_diffusers.saving import MARKER_NAME
 
 DIMENSIONS = Rubric().dimension_names
 LEVELS = Rubric().levels
@@ -84,7 +85,8 @@ def test_dataset_helpers(tmp_path):
 def test_save_load_round_trip(tmp_path):
     dataset = make_dataset(tmp_path)
     saved = dataset.save(tmp_path / "saved")
-    assert sorted(path.name for path in saved.iterdir()) == ["dataset.json", "images", "pairs.jsonl", "records.jsonl"]
+    assert sorted(path.name for path in saved.iterdir()) == sorted(
+        [MARKER_NAME, "dataset.json", "images", "pairs.jsonl", "records.jsonl"])  # the marker: a complete save
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary left
     info = json.loads((saved / "dataset.json").read_text())
     assert info["dimensions"] == list(DIMENSIONS) and info["levels"] == list(LEVELS)
@@ -92,7 +94,7 @@ def test_save_load_round_trip(tmp_path):
     rows = [json.loads(line) for line in (saved / "records.jsonl").read_text().splitlines()]
     assert all(not row["image"].startswith("/") for row in rows)  # relative paths only
 
-    loaded = RewardDataset.load(saved)
+    loaded = RewardDataset.load(saved, allow_outside_root=True)  # its images are in "source", outside "saved"
     assert loaded.pairs == dataset.pairs
     assert (loaded.dimensions, loaded.levels, loaded.description, loaded.skipped) == (
         dataset.dimensions, dataset.levels, "test set", [])
@@ -107,7 +109,7 @@ def test_save_load_round_trip(tmp_path):
             assert loaded.image_path(reloaded).resolve() == dataset.image_path(original).resolve()
 
     # Saved elsewhere, a loaded dataset references the same image files; all else is equal.
-    again = RewardDataset.load(loaded.save(tmp_path / "again"))
+    again = RewardDataset.load(loaded.save(tmp_path / "again"), allow_outside_root=True)
     assert [again.image_path(record).resolve() for record in again.records] == [
         loaded.image_path(record).resolve() for record in loaded.records]
     assert [replace(record, image=None) for record in again.records] == [
@@ -122,10 +124,10 @@ def test_save_refuses_non_empty_directory_and_overwrites_in_place(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         dataset.save(target)
     # Overwriting a dataset with itself: its images live inside the directory being replaced and are carried over.
-    loaded = RewardDataset.load(target)
+    loaded = RewardDataset.load(target, allow_outside_root=True)
     loaded.records[0].labels["alignment"] = 5.0
     loaded.save(target, overwrite=True)
-    reloaded = RewardDataset.load(target, verify_images=True)
+    reloaded = RewardDataset.load(target, verify_images=True, allow_outside_root=True)
     assert reloaded.records[0].labels["alignment"] == 5.0
     assert all(reloaded.load_image(record).size == (8, 6) for record in reloaded.records)
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
@@ -142,7 +144,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path):
         dataset.save(target, overwrite=True)
     assert sorted(path.name for path in target.rglob("*")) == before
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
-    assert len(RewardDataset.load(target)) == 9
+    assert len(RewardDataset.load(target, allow_outside_root=True)) == 9
 
 
 def test_load_errors(tmp_path):
@@ -163,7 +165,7 @@ def test_load_reports_line_numbers(tmp_path):
     lines.insert(6, "")  # blank lines are skipped but still counted
     (target / "records.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataValidationError) as error:
-        RewardDataset.load(target)
+        RewardDataset.load(target, allow_outside_root=True)  # the images are in "source", outside "saved"
     message = str(error.value)
     assert "records.jsonl line 2, field '(row)': invalid JSON" in message
     assert "records.jsonl line 5, field 'labels.alignment': 9.0 is outside the level range [1.0, 5.0]" in message
@@ -255,9 +257,9 @@ def test_every_bad_pair_is_reported(field, pair, reason):
 def test_verify_images_decodes(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     records = [Record(**good_record(image="broken.png"))]
-    assert len(RewardDataset.from_records(records, root=tmp_path)) == 1  # existence is enough by default
     with pytest.raises(DataValidationError, match="cannot be decoded as an image"):
-        RewardDataset.from_records(records, root=tmp_path, verify_images=True)
+        RewardDataset.from_records(records, root=tmp_path)  # images are decoded by default
+    assert len(RewardDataset.from_records(records, root=tmp_path, verify_images=False)) == 1  # existence only
 
 
 def test_error_lists_first_20_and_counts_the_rest():

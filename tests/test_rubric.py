@@ -36,6 +36,10 @@ def test_round_trip_through_dict_and_json_lists():
         (dict(levels=(1.0, 1.0, 2.0), score_tokens=("1", "2", "3")), "levels"),
         (dict(score_tokens=("1", "2")), "score_tokens"),
         (dict(prompt_template="no field"), "prompt_template"),
+        # an unknown field or a broken format string failed only when the first image was scored
+        (dict(prompt_template="Rate {prompt} for {colour}"), r"prompt_template.*\('colour'\)"),
+        (dict(prompt_template="Rate {prompt} {"), "prompt_template.*Single '{'"),
+        (dict(prompt_template="Rate {0}: {prompt}"), "prompt_template"),
         (dict(weights=(1.0, -1.0, 1.0, 1.0)), "weights"),
         (dict(weights=(1.0, 1.0)), "weights"),
     ],

@@ -165,6 +165,7 @@ class CheckpointManager:
         `Progress`, or None when there is none."""
         checkpoint = self.latest()
         if checkpoint is None:
+            logger.warning("resume: no complete checkpoint in %s; starting from step 0", self.directory)
             return None
         self.accelerator.load_state(str(checkpoint))
         progress = read_progress(checkpoint)

@@ -109,7 +109,9 @@ def _eval(args) -> int:
 
     if not Path(args.data).exists():
         raise UserError(f"--data {args.data!r}: no such file or directory")
-    dataset = load_dataset(args.data)  # before the model: a bad dataset fails in seconds
+    # before the model: a bad dataset fails in seconds
+    dataset = load_dataset(args.data, verify_images=not args.no_verify_images,
+                           allow_outside_root=args.allow_outside_root)
     loss_fn = _load_model(args.model, args.device)
     if args.limit is not None:
         dataset = _first_groups(dataset, args.limit)
@@ -173,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
     inputs.add_argument("--limit", type=_positive_int, default=None,
                         help="evaluate only the first groups, ~this many images")
+    inputs.add_argument("--no-verify-images", action="store_true",
+                        help="only check that image files exist (default: decode each, refusing corrupt ones and "
+                             "decompression bombs, before the model is loaded)")
+    inputs.add_argument("--allow-outside-root", action="store_true",
+                        help="accept image paths outside the data's folder (default: refused)")
     output = evaluate.add_argument_group("Output")
     output.add_argument("--out", default=None, help="report directory (default runs/eval/<model name>)")
     evaluate.set_defaults(func=_eval)

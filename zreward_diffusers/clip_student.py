@@ -105,15 +105,32 @@ class ClipStudentScorer(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, config: dict) -> ClipStudentScorer:
+        """The student saved in `directory` (its config read by `checkpoint.read_config`): safetensors only, every
+        tensor present and none extra, or a ValueError naming the file and the tensors."""
         from safetensors.torch import load_file
 
+        from .checkpoint import CONFIG_NAME, _check_loaded_keys, _refuse_pickles, _safetensors_keys
+
+        directory = Path(directory)
         backbone = config["backbone"]
-        path = Path(directory) / WEIGHTS_NAME
+        path = directory / WEIGHTS_NAME
         if not path.is_file():
+            _refuse_pickles(directory, missing=WEIGHTS_NAME)
             raise FileNotFoundError(f"{str(directory)!r} lacks {WEIGHTS_NAME}")
-        scorer = cls(backbone["model_config"], Rubric.from_dict(config["rubric"]), backbone["hidden"],
-                     backbone["mean"], backbone["std"], backbone["tokenizer"])
-        scorer.load_state_dict(load_file(str(path)))
+        _refuse_pickles(directory)
+        saved = _safetensors_keys(path)
+        try:
+            scorer = cls(backbone["model_config"], Rubric.from_dict(config["rubric"]), backbone["hidden"],
+                         backbone["mean"], backbone["std"], backbone["tokenizer"])
+        except (TypeError, ValueError, KeyError) as error:  # open_clip's towers reject an unknown architecture
+            raise ValueError(f"{str(directory / CONFIG_NAME)!r}: field 'backbone.model_config' does not build an "
+                             f"open_clip model: {type(error).__name__}: {error}") from error
+        expected = set(scorer.state_dict())
+        _check_loaded_keys(repr(str(path)), expected - saved, saved - expected)
+        try:
+            scorer.load_state_dict(load_file(str(path)))
+        except RuntimeError as error:  # tensors of the wrong shape
+            raise ValueError(f"{str(path)!r} does not match the model it configures: {error}") from error
         return scorer.eval()
 
     # ------------------------------------------------------------------------------------------------ scoring

@@ -13,6 +13,7 @@ the levels are read from nine single-token symbols, the digits "1".."9", with th
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -90,9 +91,14 @@ class Rubric:
             )
         if len(set(self.score_tokens)) != len(self.score_tokens):
             raise ValueError(f"`score_tokens` must be distinct, got {self.score_tokens}")
-        for key in ("{prompt}",):
-            if key not in self.prompt_template:
-                raise ValueError(f"`prompt_template` must contain {key}, got {self.prompt_template!r}")
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None}
+            self.prompt_template.format(prompt="", dimension="", question="")
+        except (ValueError, KeyError, IndexError, AttributeError) as error:
+            raise ValueError(f"`prompt_template` must be a format string with only the fields {{prompt}}, "
+                             f"{{dimension}} and {{question}}, got {self.prompt_template!r} ({error})") from None
+        if "prompt" not in fields:
+            raise ValueError(f"`prompt_template` must contain {{prompt}}, got {self.prompt_template!r}")
         if self.weights is not None:
             weights = tuple(float(w) for w in self.weights)
             if (len(weights) != len(self.dimensions) or not all(math.isfinite(w) and w >= 0 for w in weights)

@@ -12,8 +12,10 @@ On-disk format (a directory, written atomically by `RewardDataset.save`, read by
                      "dimension": str | null}
     images/         PNG files of the images that were in memory when saved
 
-Images already on disk are referenced, not copied (their relative path may climb out of the directory with
-`..`), except those inside a directory being overwritten, which are carried over.
+Images already on disk are referenced, not copied, except those inside a directory being overwritten, which are
+carried over. A referenced image outside the directory is written as a relative path climbing out of it with
+`..`: `load` refuses such paths (image paths never leave the dataset root) unless given `allow_outside_root=True`,
+and `save` warns when it writes one.
 
 >>> from PIL import Image
 >>> records = [Record(f"r{i}", "a red circle", Image.new("RGB", (8, 8)), "p0", labels={"alignment": 1.0 + i})
@@ -28,6 +30,7 @@ Images already on disk are referenced, not copied (their relative path may climb
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -39,11 +42,14 @@ from pathlib import Path
 from PIL import Image
 
 from ..rubric import Rubric
+from ..saving import atomic_directory
 from .jsonl import parse_jsonl, write_jsonl
 from .records import Pair, Record, resolve_image_path
-from .validation import BadRow, RowLocation, check_schema, validate_rows
+from .validation import BadRow, RowLocation, check_schema, shown, validate_rows
 
 __all__ = ["DEFAULT_DIMENSIONS", "DEFAULT_LEVELS", "RewardDataset"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DIMENSIONS: tuple[str, ...] = Rubric().dimension_names
 DEFAULT_LEVELS: tuple[float, ...] = Rubric().levels
@@ -105,13 +111,17 @@ class RewardDataset:
         dimensions: Sequence[str] = DEFAULT_DIMENSIONS,
         levels: Sequence[float] = DEFAULT_LEVELS,
         description: str = "",
-        verify_images: bool = False,
+        verify_images: bool = True,
         skip_bad_rows: bool = False,
+        allow_outside_root: bool = False,
     ) -> RewardDataset:
-        """Validate `records` and `pairs` (raising `DataValidationError`, or skipping bad rows) into a dataset."""
+        """Validate `records` and `pairs` (raising `DataValidationError`, or skipping bad rows) into a dataset.
+
+        `root` is the dataset root (None: the working directory); see `validation.validate_rows` for the options.
+        """
         valid_records, valid_pairs, skipped = validate_rows(
             records, pairs, dimensions=dimensions, levels=levels, root=root, verify_images=verify_images,
-            skip_bad_rows=skip_bad_rows,
+            skip_bad_rows=skip_bad_rows, allow_outside_root=allow_outside_root,
         )
         return cls(valid_records, valid_pairs, root, tuple(dimensions), tuple(levels), skipped, description)
 
@@ -172,23 +182,28 @@ class RewardDataset:
 
         return part(True), part(False)
 
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+    def save(self, directory: str | Path, *, overwrite: bool = False, copy_images: bool = False) -> Path:
         """Write the dataset in our format (see the module docstring), atomically; return the directory.
 
-        Everything is written to a temporary sibling directory first, then renamed into place, so a reader never
-        sees a half-written dataset. An existing non-empty `directory` needs `overwrite=True`.
+        Everything is written to a staging folder first, then renamed into place (`zreward_diffusers.saving`: a
+        reader never sees a half-written dataset, and a kill leaves the old or the new one). An existing non-empty
+        `directory` needs `overwrite=True`. Image files outside `directory` are referenced by relative path (reading
+        them back needs `allow_outside_root=True`) unless `copy_images=True` copies them in (a self-contained
+        dataset, such as the splits of one dataset saved side by side).
         """
         directory = Path(os.path.abspath(directory))  # absolute, with `..` folded, for the containment test below
         if directory.exists() and not directory.is_dir():
             raise FileExistsError(f"{directory} exists and is not a directory")
         if directory.exists() and any(directory.iterdir()) and not overwrite:
             raise FileExistsError(f"{directory} is not empty; pass overwrite=True to replace it")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        temporary = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
-        temporary.mkdir()
-        try:
-            rows = [replace(record, image=self._stored_image(record, directory, temporary)).to_dict()
+        with atomic_directory(directory, overwrite=True) as temporary:  # the check above decided
+            rows = [replace(record, image=self._stored_image(record, directory, temporary, copy_images)).to_dict()
                     for record in self.records]
+            outside = [row["image"] for row in rows if row["image"].startswith("../")]
+            if outside:
+                logger.warning("%s references %d image(s) outside it (e.g. %s); reading it back needs "
+                               "RewardDataset.load(..., allow_outside_root=True) (or save with copy_images=True)",
+                               directory, len(outside), outside[0])
             write_jsonl(temporary / RECORDS_FILE, rows)
             write_jsonl(temporary / PAIRS_FILE, (pair.to_dict() for pair in self.pairs))
             info = {
@@ -202,24 +217,13 @@ class RewardDataset:
                 "num_groups": len(self.groups()),
             }
             (temporary / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            if directory.exists():
-                old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:12]}"
-                os.replace(directory, old)
-                os.replace(temporary, directory)
-                shutil.rmtree(old)
-            else:
-                os.replace(temporary, directory)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
         return directory
 
-    def _stored_image(self, record: Record, directory: Path, temporary: Path) -> str:
-        """The image path to write for `record`, relative to `directory`; writes or copies files into `temporary`."""
+    def _stored_image(self, record: Record, directory: Path, temporary: Path, copy_images: bool) -> str:
+        """The image path to write for `record`, relative to `directory`; writes or copies files into `temporary`
+        (image files from outside `directory` too with `copy_images`)."""
         if isinstance(record.image, Image.Image):
-            # A readable, collision-free file name: the id made path-safe, plus a hash of the exact id.
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.record_id)[:80]
-            relative = f"{IMAGES_DIR}/{safe}-{uuid.uuid5(uuid.NAMESPACE_URL, record.record_id).hex[:8]}.png"
+            relative = f"{IMAGES_DIR}/{self._file_stem(record)}.png"
             (temporary / IMAGES_DIR).mkdir(exist_ok=True)
             image = record.image if record.image.mode in _PNG_MODES else record.image.convert("RGB")
             image.save(temporary / relative, format="PNG")
@@ -231,24 +235,29 @@ class RewardDataset:
             (temporary / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, temporary / relative)
             return relative.as_posix()
+        if copy_images:
+            relative = f"{IMAGES_DIR}/{self._file_stem(record)}{path.suffix.lower()}"
+            (temporary / IMAGES_DIR).mkdir(exist_ok=True)
+            shutil.copy2(path, temporary / relative)
+            return relative
         return Path(os.path.relpath(path, directory)).as_posix()
 
+    @staticmethod
+    def _file_stem(record: Record) -> str:
+        """A readable, collision-free file name for `record`'s image: the id made path-safe, plus a hash of it."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.record_id)[:80]
+        return f"{safe}-{uuid.uuid5(uuid.NAMESPACE_URL, record.record_id).hex[:8]}"
+
     @classmethod
-    def load(cls, directory: str | Path, *, verify_images: bool = False, skip_bad_rows: bool = False) -> RewardDataset:
-        """Read a directory written by `save`, validating every row (see `validation`)."""
+    def load(cls, directory: str | Path, *, verify_images: bool = True, skip_bad_rows: bool = False,
+             allow_outside_root: bool = False) -> RewardDataset:
+        """Read a directory written by `save`, validating every row (see `validation`); the directory is the
+        dataset root, which image paths may leave only with `allow_outside_root=True`."""
         directory = Path(directory)
         info_path = directory / INFO_FILE
         if not info_path.is_file():
             raise FileNotFoundError(f"{info_path} not found: {directory} is not a dataset saved by RewardDataset")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("format") != FORMAT_NAME or info.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{info_path}: expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, "
-                f"got {info.get('format')!r} version {info.get('format_version')!r}"
-            )
-        missing = [key for key in ("dimensions", "levels") if key not in info]
-        if missing:
-            raise ValueError(f"{info_path} lacks {missing}")
+        info = _read_info(info_path)
         if not (directory / RECORDS_FILE).is_file():
             raise FileNotFoundError(f"{directory / RECORDS_FILE} not found")
         records, record_locations, bad_rows = _read_rows(directory / RECORDS_FILE, Record)
@@ -257,17 +266,46 @@ class RewardDataset:
             pairs, pair_locations, bad_pairs = _read_rows(directory / PAIRS_FILE, Pair)
         valid_records, valid_pairs, skipped = validate_rows(
             records, pairs, dimensions=info["dimensions"], levels=info["levels"], root=directory,
-            verify_images=verify_images, skip_bad_rows=skip_bad_rows, record_locations=record_locations,
-            pair_locations=pair_locations, bad_rows=bad_rows + bad_pairs,
+            verify_images=verify_images, skip_bad_rows=skip_bad_rows, allow_outside_root=allow_outside_root,
+            record_locations=record_locations, pair_locations=pair_locations, bad_rows=bad_rows + bad_pairs,
         )
         return cls(valid_records, valid_pairs, directory, tuple(info["dimensions"]), tuple(info["levels"]), skipped,
                    info.get("description", ""))
 
 
+def _read_info(info_path: Path) -> dict:
+    """`dataset.json`, checked: a ValueError names the file and what is wrong."""
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{info_path} is not valid JSON: {shown(str(error))}") from error
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_path} must hold a JSON object, got {type(info).__name__}")
+    if info.get("format") != FORMAT_NAME or info.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{info_path}: expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, "
+            f"got {shown(info.get('format'))} version {shown(info.get('format_version'))}"
+        )
+    missing = [key for key in ("dimensions", "levels") if key not in info]
+    if missing:
+        raise ValueError(f"{info_path} lacks {missing}")
+    for key in ("dimensions", "levels"):
+        if not isinstance(info[key], list):
+            raise ValueError(f"{info_path}: field {key!r} must be a list, got {shown(info[key])}")
+    try:
+        check_schema(info["dimensions"], info["levels"])
+    except ValueError as error:
+        raise ValueError(f"{info_path}: {error}") from error
+    if not isinstance(info.get("description", ""), str):
+        raise ValueError(f"{info_path}: field 'description' must be a string, got {shown(info['description'])}")
+    return info
+
+
 def _read_rows(path: Path, row_type: type[Record] | type[Pair]) -> tuple[list, list[RowLocation], list[BadRow]]:
-    """Parse a JSONL file of `row_type` dicts; rows that are not valid JSON or lack fields become `BadRow`s."""
+    """Parse a JSONL file of `row_type` dicts; rows that are not valid JSON (or UTF-8), nest too deep or lack fields
+    become `BadRow`s."""
     rows, locations, bad_rows = [], [], []
-    with open(path, encoding="utf-8") as lines:
+    with open(path, "rb") as lines:  # decoded line by line: one line that is not UTF-8 is one bad row
         for line_number, value, error in parse_jsonl(lines):
             location = RowLocation(path.name, "line", line_number)
             if error is None:
