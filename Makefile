@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 QUICK ?= 0
 
-.PHONY: install test test-latest constraints mutants demo lint bench clean
+.PHONY: install test test-latest constraints mutants demo world-bases lint bench clean
 
 # The suite's versions come from constraints.txt (a lock of what it passed on); pyproject.toml keeps ranges for users.
 $(BIN)/.installed: pyproject.toml Makefile constraints.txt
@@ -45,6 +45,10 @@ DEMO_ARGS := $(if $(filter 1,$(QUICK)),--profile quick --out runs/demo_quick,--p
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m recipes.demo $(DEMO_ARGS)
+
+# make world-bases: retrain the world's shipped models (bases, generator, RISD student) and refresh world/ (hours).
+world-bases: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m recipes.world_bases
 
 # ruff check only: the code is formatted by hand to 119 columns (`ruff format` would rewrap its aligned
 # continuation lines in 68 files; adopting it is a separate, whole-tree change).

@@ -92,6 +92,31 @@ def gsb_compare(images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[st
                             num_resamples=num_resamples, seed=seed), judgements=judgements.tolist())
 
 
+ATTRIBUTES = ("count", "colour", "shape", "background")
+
+
+@torch.no_grad()
+def oracle_report(images: torch.Tensor, prompts: list[str]) -> dict:
+    """What the world's oracle reads in generated images `(N, 3, H, W)` in [−1, 1]: its mean score per rubric
+    dimension and overall, and how often each attribute the prompt asks for (count, colour, shape, background) is
+    what the estimated scene shows (`synthetic.estimator.estimate_scene` against `parse_prompt`), with `all`: every
+    attribute at once."""
+    from zreward_diffusers.synthetic.estimator import estimate_scene, judge_batch, parse_prompt
+
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3) uint8
+    scores = judge_batch(arrays, prompts)
+    hits = {attribute: [] for attribute in ATTRIBUTES}
+    for array, prompt in zip(arrays, prompts, strict=True):
+        scene, asked = estimate_scene(array), parse_prompt(prompt)
+        for attribute in ATTRIBUTES:
+            hits[attribute].append(getattr(scene, attribute) == getattr(asked, attribute))
+    hit_rates = {attribute: float(np.mean(values)) for attribute, values in hits.items()}
+    hit_rates["all"] = float(np.mean(np.all([hits[a] for a in ATTRIBUTES], axis=0)))
+    return {"images": len(prompts), "oracle": {d: float(np.mean(v)) for d, v in scores.items()},
+            "oracle_overall": float(np.mean(np.stack(list(scores.values())))), "hit_rates": hit_rates}
+
+
 def before_after_grid(images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str], judgements, path,
                       count: int = 8, scale: int = 4, title: str | None = None) -> Path:
     """A PNG: each column one prompt and seed, base on top, tuned below, the judge's verdict under it."""

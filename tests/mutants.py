@@ -124,6 +124,27 @@ MUTANTS = (
     Mutant("resize_backward_drops_the_255_scale", "zreward_diffusers/preprocessing/resize.py",
            "        return grad * 255.0, None, None\n", "        return grad, None, None\n",
            ("tests/test_preprocessing_resize.py",)),
+    Mutant("save_replaces_folders_it_did_not_write", "zreward_diffusers/saving.py",
+           "    if target.is_dir() and not is_ours(target) and any(target.iterdir()) and not overwrite:\n",
+           "    if False:\n",
+           ("tests/test_saving.py",
+            "tests/test_cli.py::test_create_tiny_never_destroys_a_folder_it_did_not_write")),
+    Mutant("load_ignores_an_interrupted_save", "zreward_diffusers/checkpoint.py",
+           "        recover_directory(path)  # a save killed between its renames: the last complete state goes back "
+           "in place\n",
+           "        pass\n",
+           ("tests/test_checkpoint.py::test_a_save_killed_between_its_renames_loads_the_new_checkpoint",)),
+    Mutant("rerun_starts_over_a_finished_run", "training/state.py",
+           "    if previous and not (config.resume or config.overwrite):\n", "    if False:\n",
+           (f"{TEACHER}::test_a_rerun_without_resume_refuses_and_overwrite_starts_over",
+            "tests/test_pipelines.py::test_tiny_generator_trains_saves_and_resumes")),
+    Mutant("prompts_may_carry_special_tokens", "zreward_diffusers/image_inputs.py",
+           "        found = special_tokens.search(prompt) if special_tokens is not None else None\n",
+           "        found = None\n",
+           ("tests/test_input_hardening.py",)),
+    Mutant("pickles_beside_weights_are_loaded", "zreward_diffusers/checkpoint.py",
+           "    if not pickles:\n", "    if True:\n",
+           ("tests/test_checkpoint_hardening.py",)),
 )
 
 

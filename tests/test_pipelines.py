@@ -285,3 +285,28 @@ def test_tiny_generator_trains_saves_and_resumes(tmp_path):
     assert result["prompts"] == [held_out[3], held_out[3], held_out[4], held_out[4]]
     assert result["same"] == 1.0  # identical generators, identical seeds: every pair ties
     assert json.loads((tmp_path / "gsb.json").read_text())["num_judgements"] == 4
+
+
+def test_oracle_report_counts_what_the_prompt_asks_for():
+    """Perfect renders of their own prompts hit every attribute; the same images under prompts that change exactly
+    one attribute miss exactly that one."""
+    from pipelines.judging import oracle_report
+    from zreward_diffusers.synthetic.grammar import PromptSpec
+    from zreward_diffusers.synthetic.render import render
+    from zreward_diffusers.synthetic.scene import perfect_scene
+
+    specs = [PromptSpec(3, "red", "triangle", "blue"), PromptSpec(1, "green", "circle", "white"),
+             PromptSpec(2, "yellow", "square", "black")]
+    rng = np.random.default_rng(0)
+    pixels = np.stack([render(perfect_scene(spec, rng), size=56) for spec in specs])  # (3, 56, 56, 3) uint8
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    report = oracle_report(images, [spec.text() for spec in specs])
+    assert report["images"] == 3 and report["hit_rates"] == dict.fromkeys(
+        ("count", "colour", "shape", "background", "all"), 1.0)
+    assert report["oracle"]["alignment"] == 5.0
+    changed = [PromptSpec(4, "red", "triangle", "blue"), PromptSpec(1, "green", "star", "white"),
+               PromptSpec(2, "yellow", "square", "black")]
+    report = oracle_report(images, [spec.text() for spec in changed])
+    assert report["hit_rates"]["count"] == pytest.approx(2 / 3) and report["hit_rates"]["shape"] == pytest.approx(2 / 3)
+    assert report["hit_rates"]["colour"] == report["hit_rates"]["background"] == 1.0
+    assert report["hit_rates"]["all"] == pytest.approx(1 / 3)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from zreward_diffusers.saving import MARKER_NAME, atomic_directory, recover_directory, save_directory
 
@@ -97,6 +99,13 @@ def test_permissions_follow_the_umask_and_the_replaced_folder(tmp_path):
         save_directory(tmp_path / "new", write_version("a"))
         assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o775
         assert stat.S_IMODE((tmp_path / "new" / "weights.txt").stat().st_mode) == 0o664
+        assert stat.S_IMODE((tmp_path / "new" / "sub").stat().st_mode) == 0o775
+
+        def safetensors_writer(folder: Path) -> None:  # safetensors creates its files 0o600
+            save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
+
+        save_directory(tmp_path / "weights", safetensors_writer)
+        assert stat.S_IMODE((tmp_path / "weights" / "model.safetensors").stat().st_mode) == 0o664
         shared = tmp_path / "shared"
         shared.mkdir()
         os.chmod(shared, 0o2775)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .data.jsonl import read_json_object
 from .saving import recover_directory
 
 logger = logging.getLogger(__name__)
@@ -100,16 +101,6 @@ def _safetensors_keys(file: Path) -> set[str]:
         raise ValueError(f"{str(file)!r} is not a readable safetensors file: {error}") from error
 
 
-def _read_json_object(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{str(path)!r} is not valid JSON: {error}") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(value).__name__}")
-    return value
-
-
 def _plain_file_name(name) -> bool:
     """A file name inside the directory: no separators, no `..`."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
@@ -118,7 +109,7 @@ def _plain_file_name(name) -> bool:
 def _sharded_weight_files(checkpoint_dir: Path, index_name: str) -> dict[Path, set[str]]:
     """The shards an index lists, each with the tensors it must hold."""
     index_path = checkpoint_dir / index_name
-    index = _read_json_object(index_path)
+    index = read_json_object(index_path)
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{str(index_path)!r}: field 'weight_map' must be a non-empty object (tensor -> shard file), "
@@ -150,7 +141,7 @@ def _backbone_weight_files(checkpoint_dir: Path) -> dict[Path, set[str]] | None:
     explicit = None
     config_path = checkpoint_dir / BACKBONE_CONFIG_NAME
     if config_path.is_file():
-        explicit = _read_json_object(config_path).get("transformers_weights")
+        explicit = read_json_object(config_path).get("transformers_weights")
         if explicit is not None and not (_plain_file_name(explicit) and explicit.endswith(
                 (".safetensors", ".safetensors.index.json")) and (checkpoint_dir / explicit).is_file()):
             raise ValueError(
@@ -217,7 +208,7 @@ def read_config(checkpoint_dir: Path) -> dict:
     if not config_path.is_file():
         _refuse_pickles(checkpoint_dir, missing=CONFIG_NAME)
         raise ValueError(f"{str(checkpoint_dir)!r} is not a Z-Reward checkpoint: {CONFIG_NAME} is missing")
-    config = _read_json_object(config_path)
+    config = read_json_object(config_path)
     for key in ("format_version", "family", "backbone", "rubric"):
         if key not in config:
             raise ValueError(f"{str(config_path)!r} lacks the field {key!r}")

@@ -16,7 +16,8 @@ What a save refuses, so that it never destroys what it did not write:
 - a `directory` that is the current working directory or holds it;
 - a path that exists and is not a folder.
 A symbolic link is followed (the folder it points to is replaced, the link kept). The new folder gets the
-permissions of the folder it replaces, or the umask's for a new one; files inside are written with the umask's.
+permissions of the folder it replaces, or the umask's for a new one; the files and folders inside get the umask's
+(`normal_permissions`), whatever mode their writer chose.
 """
 
 from __future__ import annotations
@@ -60,6 +61,26 @@ def _target(directory: str | os.PathLike) -> Path:
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"cannot save into {str(directory)!r}: it exists and is not a directory")
     return target
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def normal_permissions(root: Path, keep_root: bool = False) -> None:
+    """Give every file under `root` mode 0o666 and every folder 0o777, less the umask, as a plain `open` or `mkdir`
+    would: some writers (safetensors among them) create their files 0o600 whatever the umask. With `keep_root`,
+    `root`'s own mode is left as it is."""
+    mask = _current_umask()
+    for folder, folders, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+        for name in folders:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+    if not keep_root:
+        os.chmod(root, 0o777 & ~mask)
 
 
 def fsync_tree(root: Path) -> None:
@@ -107,6 +128,7 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool = False) -> I
     try:
         yield staging
         (staging / MARKER_NAME).write_text(json.dumps({"complete": True}) + "\n")
+        normal_permissions(staging, keep_root=True)
         fsync_tree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

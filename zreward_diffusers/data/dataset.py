@@ -43,7 +43,7 @@ from PIL import Image
 
 from ..rubric import Rubric
 from ..saving import atomic_directory
-from .jsonl import parse_jsonl, write_jsonl
+from .jsonl import parse_jsonl, read_json_object, write_jsonl
 from .records import Pair, Record, resolve_image_path
 from .validation import BadRow, RowLocation, check_schema, shown, validate_rows
 
@@ -275,12 +275,7 @@ class RewardDataset:
 
 def _read_info(info_path: Path) -> dict:
     """`dataset.json`, checked: a ValueError names the file and what is wrong."""
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{info_path} is not valid JSON: {shown(str(error))}") from error
-    if not isinstance(info, dict):
-        raise ValueError(f"{info_path} must hold a JSON object, got {type(info).__name__}")
+    info = read_json_object(info_path)
     if info.get("format") != FORMAT_NAME or info.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{info_path}: expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, "

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["MAX_JSON_DEPTH", "json_depth", "parse_json", "parse_jsonl", "write_jsonl"]
+__all__ = ["MAX_JSON_DEPTH", "json_depth", "parse_json", "parse_jsonl", "read_json_object", "write_jsonl"]
 
 # Deeper values are refused: nothing in a reward dataset nests this deep, and such values make recursive code
 # (json.dumps, repr, comparisons) fail far from where they were read.
@@ -53,6 +53,21 @@ def parse_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> tuple[object, str 
     if json_depth(value, max_depth) > max_depth:
         return None, f"JSON nested deeper than {max_depth} levels"
     return value, None
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in the file `path` (a config or an index); a `ValueError` naming the file when it is not UTF-8,
+    not JSON, nested too deep (`parse_json`) or not an object."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON: not UTF-8 text ({error})") from None
+    value, error = parse_json(text)
+    if error is not None:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {error}")
+    if not isinstance(value, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def parse_jsonl(
