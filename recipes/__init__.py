@@ -4,6 +4,7 @@
     python -m recipes.teacher         # the teacher: cold-start SFT, then GDSO
     python -m recipes.teacher_table   # the teacher table: SFT, GRPO, Bradley-Terry, RewardDance, GDSO at equal budget
     python -m recipes.student_table   # the student table: RISD against its teacher and OPD, with RISD's ablations
+    python -m recipes.world_bases     # the world's shipped models in world/ (`make world-bases`)
 
 `training/` trains reward models and `pipelines/` tunes generators, one entry point per job; a recipe only decides
 which of them run, in which order, with which settings (a training config of `training/configs` or

@@ -220,14 +220,18 @@ def commit() -> str | None:
         return None
 
 
-def ship(runs: Path, world: Path) -> dict:
-    """Copy every trained model into `world/` in fp16, measure the copies, and write the manifest."""
+SHIPPED = ("bases", "generator", "student_risd")
+
+
+def ship(runs: Path, world: Path, which: tuple[str, ...] = SHIPPED) -> dict:
+    """Copy the trained models `which` (of `SHIPPED`; those not trained yet are left out) into `world/` in fp16,
+    measure the copies, and update the manifest."""
     manifest_path = world / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
     entries = manifest["models"]
     started = time.perf_counter()
     shipped = []
-    if (runs / "base" / "teacher" / "config.json").exists():
+    if "bases" in which and (runs / "base" / "teacher" / "config.json").exists():
         for name in ("teacher", "student"):
             ship_vlm(runs / "base" / name, world / f"base_{name}")
         measured = measure_bases([world / "base_teacher", world / "base_student"], runs)
@@ -241,7 +245,7 @@ def ship(runs: Path, world: Path) -> dict:
                                   "stage_1_conversations": metrics[name]["train_seconds"]},
                 "colour_shape_count_on_unseen_images": measured[str(world / f"base_{name}")]}
             shipped.append(f"base_{name}")
-    if (runs / "generator" / "pipeline").exists():
+    if "generator" in which and (runs / "generator" / "pipeline").exists():
         ship_generator(runs / "generator" / "pipeline", world / "generator")
         metrics = json.loads((runs / "generator" / "metrics.json").read_text())
         entries["generator"] = {
@@ -251,7 +255,7 @@ def ship(runs: Path, world: Path) -> dict:
             "config": GENERATOR_CONFIG, "parameters": metrics["parameters"], "train_seconds": metrics["seconds"],
             "held_out_prompts": measure_generator(world / "generator")}
         shipped.append("generator")
-    if (runs / "student_risd" / "model").exists():
+    if "student_risd" in which and (runs / "student_risd" / "model").exists():
         ship_reward(runs / "student_risd" / "model", world / "student_risd")
         teacher = json.loads((runs / "teacher" / "gdso" / "metrics.json").read_text())
         entries["student_risd"] = {
@@ -281,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     output = parser.add_argument_group("Output")
     output.add_argument("--runs", default=str(RUNS), help="where the stages train (default: %(default)s)")
     output.add_argument("--world", default=str(WORLD), help="where the shipped copies go (default: %(default)s)")
+    output.add_argument("--ship", nargs="+", default=list(SHIPPED), choices=SHIPPED,
+                        help="with the ship stage: which models to copy and measure (default: all trained)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     runs = Path(args.runs)
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             logger.info("stage %s", stage)
             steps[stage](runs)
     if "ship" in args.stages:
-        return ship(runs, Path(args.world))
+        return ship(runs, Path(args.world), tuple(args.ship))
     return None
 
 

@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     "pipelines.train_tiny_generator": ("Data", "Model", "Optimisation"),
     "pipelines.judging": ("Compared generators", "Judging", "Output"),
     "recipes.demo": ("Run", "Output"),
+    "recipes.world_bases": ("Run", "Output"),
     "benchmarks.base_frontier": ("Input", "Output"),
     "benchmarks.base_models": ("Measurement", "Output"),
     "benchmarks.draft_memory": ("Measurement",),
