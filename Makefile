@@ -46,7 +46,7 @@ DEMO_ARGS := $(if $(filter 1,$(QUICK)),--profile quick --out runs/demo_quick,--p
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m recipes.demo $(DEMO_ARGS)
 
-# make world-bases: retrain the world's shipped models (bases, generator, RISD student) and refresh world/ (hours).
+# make world-bases: retrain the world's shipped models (base VLMs, RISD student) and refresh world/ (about 45 min).
 world-bases: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m recipes.world_bases
 

@@ -1,7 +1,7 @@
 """The synthetic world's shipped models: trained by the project's own commands, measured, and copied into `world/`.
 
-    make world-bases                                    # every stage, then the copies in world/ and its manifest
-    python -m recipes.world_bases --stages bases ship   # some stages (each cached in runs/world/<stage>)
+    make world-bases                                    # the shipped models' stages, then world/ and its manifest
+    python -m recipes.world_bases --stages bases ship   # some stages (each cached under runs/world/)
 
 Stages, each an ordinary entry point run in this process, cached (a stage whose result exists is skipped) and
 resumable (an interrupted one continues from its checkpoints):
@@ -9,7 +9,8 @@ resumable (an interrupted one continues from its checkpoints):
     bases      python -m training.pretrain_base --config training/configs/pretrain_base_tiny.yaml
                the teacher-size and student-size base VLMs (tiny Qwen2-VL)
     generator  python -m pipelines.train_tiny_generator --config pipelines/configs/generator_world.yaml
-               the world's base text-to-image model (a tiny Stable Diffusion pipeline)
+               the world's base text-to-image model (a tiny Stable Diffusion pipeline); only when asked for
+               (`--stages generator`, `--ship generator`): not shipped while its samples ignore their prompts
     teacher    python -m recipes.teacher (cold-start SFT, then GDSO) from the teacher-size base
     student    python -m training.risd --config training/configs/student_risd_tiny.yaml: the RISD student of that
                teacher, from the student-size base (the reward the quickstart and reward tuning use)
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORLD = ROOT / "world"
 RUNS = Path("runs/world")
 STAGES = ("bases", "generator", "teacher", "student", "ship")
+DEFAULT_STAGES = ("bases", "teacher", "student", "ship")
 MANIFEST = "manifest.json"
 BASE_CONFIG = "training/configs/pretrain_base_tiny.yaml"
 GENERATOR_CONFIG = "pipelines/configs/generator_world.yaml"
@@ -221,9 +223,10 @@ def commit() -> str | None:
 
 
 SHIPPED = ("bases", "generator", "student_risd")
+DEFAULT_SHIPPED = ("bases", "student_risd")
 
 
-def ship(runs: Path, world: Path, which: tuple[str, ...] = SHIPPED) -> dict:
+def ship(runs: Path, world: Path, which: tuple[str, ...] = DEFAULT_SHIPPED) -> dict:
     """Copy the trained models `which` (of `SHIPPED`; those not trained yet are left out) into `world/` in fp16,
     measure the copies, and update the manifest."""
     manifest_path = world / MANIFEST
@@ -280,13 +283,13 @@ def ship(runs: Path, world: Path, which: tuple[str, ...] = SHIPPED) -> dict:
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     run = parser.add_argument_group("Run")
-    run.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
-                     help="stages to run, in their order (default: all)")
+    run.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES,
+                     help="stages to run, in their order (default: %(default)s)")
     output = parser.add_argument_group("Output")
     output.add_argument("--runs", default=str(RUNS), help="where the stages train (default: %(default)s)")
     output.add_argument("--world", default=str(WORLD), help="where the shipped copies go (default: %(default)s)")
-    output.add_argument("--ship", nargs="+", default=list(SHIPPED), choices=SHIPPED,
-                        help="with the ship stage: which models to copy and measure (default: all trained)")
+    output.add_argument("--ship", nargs="+", default=list(DEFAULT_SHIPPED), choices=SHIPPED,
+                        help="with the ship stage: which models to copy and measure (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     runs = Path(args.runs)
