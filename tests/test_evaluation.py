@@ -87,3 +87,20 @@ def test_make_synthetic_is_byte_identical_by_seed_and_worker_count(tmp_path, cap
     dataset = RewardDataset.load(tmp_path / "a")
     assert len(dataset) == 30 and all(len(r.rationales) == 4 for r in dataset.records)
     assert (tmp_path / "sheet.png").stat().st_size > 10_000
+
+
+def test_make_synthetic_replaces_its_own_dataset_but_not_a_foreign_folder(tmp_path, capsys):
+    """`--out runs` with another run inside `runs` deleted it (the dataset save was forced)."""
+    from training.make_synthetic import main as make_synthetic
+
+    (tmp_path / "runs" / "exp1").mkdir(parents=True)
+    (tmp_path / "runs" / "exp1" / "metrics.json").write_text("x")
+    with pytest.raises(SystemExit) as stop:
+        make_synthetic(["--out", str(tmp_path / "runs"), "--n", "8", "--workers", "1"])
+    assert stop.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "runs" / "exp1" / "metrics.json").read_text() == "x"
+    assert make_synthetic(["--out", str(tmp_path / "data"), "--n", "8", "--workers", "1"]) == 0
+    assert make_synthetic(["--out", str(tmp_path / "data"), "--n", "12", "--workers", "1"]) == 0  # its own: replaced
+    assert len(RewardDataset.load(tmp_path / "data")) == 12
+    assert make_synthetic(["--out", str(tmp_path / "runs"), "--n", "8", "--workers", "1", "--overwrite"]) == 0
+    assert not (tmp_path / "runs" / "exp1").exists()

@@ -15,7 +15,9 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
+from zreward_diffusers.saving import is_ours
 from zreward_diffusers.synthetic import WorldConfig
 from zreward_diffusers.synthetic.contact_sheet import contact_sheet
 from zreward_diffusers.synthetic.export import to_reward_dataset
@@ -32,13 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     world.add_argument("--image-size", type=int, default=56, help="image side in pixels (default: %(default)s)")
     world.add_argument("--group-size", type=int, default=4, help="images per prompt group (default: %(default)s)")
     output = parser.add_argument_group("Output")
-    output.add_argument("--out", required=True, help="output directory (replaced if it exists)")
+    output.add_argument("--out", required=True,
+                        help="output directory; a dataset written here before is replaced, any other non-empty "
+                             "folder only with --overwrite")
+    output.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that holds no dataset")
     output.add_argument("--workers", type=int, default=2, help="generation processes (default: %(default)s)")
     output.add_argument("--contact-sheet", default=None, help="also draw the first 16 images into this PNG")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not (is_ours(out) or args.overwrite):
+        parser.error(f"--out {out} is not empty and holds no dataset written here; pass --overwrite to replace it")
 
     config = WorldConfig(image_size=args.image_size, group_size=args.group_size)
     started = time.perf_counter()
@@ -52,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset.records[: args.n], [p for p in dataset.pairs if p.record_a in keep and p.record_b in keep],
             dimensions=dataset.dimensions, levels=dataset.levels, description=description,
         )
-    dataset.save(args.out, overwrite=True)
+    dataset.save(out, overwrite=True)  # checked above
     elapsed = time.perf_counter() - started
     if args.contact_sheet:
         items = [item for group in groups for item in group.items][:16]
