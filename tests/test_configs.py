@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.reward_finetune import RewardFinetuneConfig
+from pipelines.train_tiny_generator import GeneratorConfig
 from training.config import load_config
 from training.gdso import GDSOConfig
 from training.opd import OPDConfig
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = {"pretrain_base": PretrainBaseConfig, "teacher_sft": SFTConfig, "teacher_gdso": GDSOConfig,
            "teacher_grpo": GDSOConfig, "student_risd_clip": RISDClipConfig, "student_risd": RISDConfig,
            "student_opd": OPDConfig,
-           "draft": RewardFinetuneConfig}
+           "draft": RewardFinetuneConfig, "generator": GeneratorConfig}
 CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
 CONFIGS += sorted((REPO / "pipelines" / "configs").glob("*.yaml"))
 
@@ -63,3 +64,17 @@ def test_bad_settings_are_refused_when_the_config_is_built(config_class, field, 
 
 def test_none_switches_the_tracker_off():
     assert SFTConfig(log_with="none").log_with is None and RewardFinetuneConfig(log_with="None").log_with is None
+
+
+@pytest.mark.parametrize("name", ["demo", "demo_quick", "demo_full", "teacher_table", "student_table"])
+def test_recipe_profiles_load(name):
+    """Every profile in recipes/profiles loads into its recipe's config class (the demo's stages are checked by
+    their own config classes in tests/test_demo.py)."""
+    from recipes.demo import DemoProfile
+    from recipes.student_table import StudentTableConfig
+    from recipes.teacher_table import TeacherTableConfig
+
+    classes = {"teacher_table": TeacherTableConfig, "student_table": StudentTableConfig}
+    load_config(classes.get(name, DemoProfile), REPO / "recipes" / "profiles" / f"{name}.yaml")  # raises on a bad key
+    assert sorted(path.stem for path in (REPO / "recipes" / "profiles").glob("*.yaml")) == sorted(
+        ["demo", "demo_quick", "demo_full", "teacher_table", "student_table"])
