@@ -1,6 +1,6 @@
 """Where the world's base VLMs name colour, shape and count right, by image condition.
 
-    python -m benchmarks.base_models --models runs/base/teacher runs/base/student --num_images 1024
+    python -m benchmarks.base_models --models world/base_teacher world/base_student --num_images 1024
 
 Held-out images come from world groups far from every pretraining pool (`--start_group`, default 1,000,000; the script
 refuses groups that a model's `pretrain_base` run used, as its `metrics.json` records them); each model
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     measured = parser.add_argument_group("Measurement")
     output = parser.add_argument_group("Output")
-    measured.add_argument("--models", nargs="+", default=["runs/base/teacher", "runs/base/student"])
+    measured.add_argument("--models", nargs="+", default=["world/base_teacher", "world/base_student"])
     measured.add_argument("--num_images", type=int, default=1024)
       # Groups from 20,000 lie inside the shipped stage-0 pool (groups 2,176-51,327): its towers have seen them.
     measured.add_argument("--start_group", type=int, default=1_000_000)

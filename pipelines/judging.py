@@ -7,7 +7,7 @@
   +1 / 0 / −1 — summarised as GSB net improvement (G − B)/(G + S + B) with a bootstrap CI over prompts (eq. 16 in
   docs/method.md, 'Evaluation').
 
-    python -m pipelines.judging --a runs/generator/pipeline --b runs/generator/pipeline --lora_b runs/draft/lora
+    python -m pipelines.judging --a world/generator --b world/generator --lora_b runs/draft/best_lora
 """
 
 from __future__ import annotations
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
                          help="leave out the first held-out prompts (e.g. the eval_prompts that early stopping saw)")
     judging.add_argument("--num_inference_steps", type=int, default=20, help="sampling steps (default: %(default)s)")
     judging.add_argument("--size", type=int, default=32, help="image side in pixels (default: %(default)s)")
+    judging.add_argument("--guidance_scale", type=float, default=1.0,
+                         help="classifier-free guidance of both generators (default: %(default)s, none)")
     output = parser.add_argument_group("Output")
     output.add_argument("--out", default=None, help="write the result JSON here")
     output.add_argument("--grid", default=None, help="write a before/after PNG of the first prompts here")
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     held_out = held_out[args.skip_prompts:]
     prompts = [p for p in held_out for _ in range(args.seeds_per_prompt)]
     seeds = list(range(len(prompts)))
-    kwargs = dict(num_inference_steps=args.num_inference_steps, height=args.size, width=args.size)
+    kwargs = dict(num_inference_steps=args.num_inference_steps, height=args.size, width=args.size,
+                  guidance_scale=args.guidance_scale)
     images_a, images_b = (generate(pipe, prompts, seeds, **kwargs) for pipe in pipes)
     judge = args.judge
     if judge != "oracle":

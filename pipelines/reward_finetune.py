@@ -61,7 +61,7 @@ class RewardFinetuneConfig:
                                     "log_with"),
     }
 
-    pretrained: str = field(default="runs/generator/pipeline", metadata={
+    pretrained: str = field(default="world/generator", metadata={
         "help": "the generator: a diffusers pipeline directory or hub id, or tiny:<sd15|sdxl|sd3|flux> (random)"})
     reward: str = field(default="runs/student_risd/model", metadata={
         "help": "a Z-Reward checkpoint (the RISD student), or tiny (a random tiny student, for tests)"})

@@ -13,8 +13,9 @@ import string
 import torch
 
 FAMILIES = ("sd15", "sdxl", "sd3", "flux")
-_WORDS = ("a an the one two three four five red green blue yellow orange purple pink white black gray circle circles "
-          "square squares triangle triangles star stars on background watercolour photo of painting sketch").split()
+_WORDS = tuple(("a an the one two three four five red green blue yellow orange purple pink white black gray circle "
+                "circles square squares triangle triangles star stars on background watercolour photo of painting "
+                "sketch").split())
 
 
 def tiny_clip_tokenizer(max_length: int = 77):
@@ -31,16 +32,27 @@ def tiny_clip_tokenizer(max_length: int = 77):
     return tokenizer
 
 
-def tiny_t5_tokenizer(max_length: int = 64):
-    """A unigram T5 tokenizer over the world's words and single characters (T5's own class)."""
+# the rest of the world's prompt grammar (styles and backgrounds), for the word-level tokenizer of the world generator
+_MORE_WORDS = "brown cyan clean detailed drawing minimal picture render".split()
+
+
+def tiny_t5_tokenizer(max_length: int = 64, words: tuple[str, ...] = _WORDS):
+    """A unigram T5 tokenizer over `words` (by default the common words of the world's prompts) and single
+    characters (T5's own class): a listed word is one token, anything else is spelled out."""
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [("▁" + word, -1.0) for word in _WORDS]
+    pieces += [("▁" + word, -1.0) for word in words]
     pieces += [(c, -5.0) for c in string.printable if not c.isspace()]
     tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
     tokenizer.model_max_length = max_length
     return tokenizer
+
+
+def world_word_tokenizer(max_length: int = 16):
+    """`tiny_t5_tokenizer` over every word of the world's prompt grammar: each word of a world prompt is one
+    token (the world generator's text encoder then needs no spelling)."""
+    return tiny_t5_tokenizer(max_length, _WORDS + tuple(_MORE_WORDS))
 
 
 def _clip_text(tokenizer, hidden: int = 32, projection: int | None = None, seed: int = 0):

@@ -17,8 +17,10 @@ diffusers directory (`<output_dir>/pipeline`) that `StableDiffusionPipeline.from
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +32,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from training.config import check_at_least, parse_args
+from training.config import check_at_least, check_choice, parse_args
 from training.state import CheckpointManager, Progress, loss_curve, prepare_output_dir, write_text_atomic
 from zreward_diffusers.saving import save_directory
 
-from .tiny import tiny_clip_tokenizer
+from .tiny import tiny_clip_tokenizer, world_word_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,11 @@ class GeneratorConfig:
 
     help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
         "Data": ("world_seed", "num_groups", "image_size", "batch_size", "prompt_dropout"),
-        "Model": ("vae_channels", "unet_channels", "text_hidden"),
-        "Optimisation": ("vae_steps", "vae_lr", "vae_kl_weight", "unet_steps", "unet_lr", "seed"),
+        "Model": ("vae_channels", "unet_channels", "text_hidden", "tokenizer", "text_pooling",
+                  "cross_attention_everywhere"),
+        "Diffusion": ("normalize_latents", "noise_schedule"),
+        "Optimisation": ("vae_steps", "vae_lr", "vae_kl_weight", "unet_steps", "unet_lr", "unet_lr_schedule",
+                         "seed"),
         "Checkpoints": ("output_dir", "save_every", "resume", "overwrite"),
     }
 
@@ -68,6 +73,25 @@ class GeneratorConfig:
         "help": "VAE block widths (len - 1 halvings: 32 px images -> 8 x 8 latents)"})
     unet_channels: list = field(default_factory=lambda: [64, 128], metadata={"help": "UNet block widths"})
     text_hidden: int = field(default=64, metadata={"help": "text encoder width"})
+    tokenizer: str = field(default="characters", metadata={
+        "help": "characters: CLIP's class over single characters (the text encoder must learn to spell); words: a "
+                "unigram tokenizer with one token per word of the world's grammar"})
+    text_pooling: bool = field(default=False, metadata={
+        "help": "add the attention-pooled prompt embedding to the UNet's time embedding (diffusers' "
+                "addition_embed_type='text'): a global path for background, colour and style that needs no "
+                "cross-attention"})
+    cross_attention_everywhere: bool = field(default=False, metadata={
+        "help": "cross-attention in every UNet block (by default the lowest resolution has none)"})
+    normalize_latents: bool = field(default=False, metadata={
+        "help": "scale the latents to unit standard deviation (the VAE's scaling_factor = 1 / their std over the "
+                "training images, as Stable Diffusion's 0.18215): otherwise the noise schedule's last step leaves "
+                "part of the image in, and sampling from pure noise reads its layout from the noise"})
+    noise_schedule: str = field(default="scaled_linear", metadata={
+        "help": "scaled_linear (Stable Diffusion's, epsilon prediction) or zero_terminal_snr (the same betas "
+                "rescaled so that the last step is pure noise, v-prediction, trailing timesteps: Lin et al., "
+                "'Common Diffusion Noise Schedules and Sample Steps Are Flawed', arXiv 2305.08891)"})
+    unet_lr_schedule: str = field(default="constant", metadata={
+        "help": "after the 100-step warm-up: constant, or cosine (decays to 0 at unet_steps)"})
     save_every: int = field(default=500, metadata={"help": "steps between training states"})
     resume: bool = field(default=False, metadata={
         "help": "continue each stage from its newest checkpoint in <output_dir>/checkpoints (a finished run: its "
@@ -80,6 +104,12 @@ class GeneratorConfig:
     def __post_init__(self):
         check_at_least(self, 1, "num_groups", "image_size", "vae_steps", "unet_steps", "batch_size", "save_every",
                        "text_hidden")
+        check_choice(self, "tokenizer", ("characters", "words"))
+        check_choice(self, "unet_lr_schedule", ("constant", "cosine"))
+        check_choice(self, "noise_schedule", ("scaled_linear", "zero_terminal_snr"))
+        if self.text_pooling and self.text_hidden % 4:
+            raise ValueError(f"text_hidden must be a multiple of 4 with text_pooling (4 pooling heads), got "
+                             f"{self.text_hidden}")
 
 
 def world_data(config: GeneratorConfig) -> tuple[torch.Tensor, list[str]]:
@@ -97,7 +127,10 @@ def build_components(config: GeneratorConfig):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(config.seed)
-    tokenizer = tiny_clip_tokenizer()
+    if config.tokenizer == "words":  # T5's pad and end-of-sequence ids
+        tokenizer, bos, eos, pad = world_word_tokenizer(), 1, 1, 0
+    else:
+        tokenizer, bos, eos, pad = tiny_clip_tokenizer(), 0, 1, 1
     vae_channels = tuple(config.vae_channels)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_channels,
                         down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
@@ -105,17 +138,24 @@ def build_components(config: GeneratorConfig):
                         layers_per_block=1, norm_num_groups=16, sample_size=config.image_size, scaling_factor=1.0)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=config.text_hidden, intermediate_size=2 * config.text_hidden,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1))
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
+        pad_token_id=pad))
     channels = tuple(config.unet_channels)
+    plain = 0 if config.cross_attention_everywhere else 1  # blocks at the lowest resolution without cross-attention
+    pooling = {"addition_embed_type": "text", "addition_embed_type_num_heads": 4} if config.text_pooling else {}
     unet = UNet2DConditionModel(
         sample_size=config.image_size // 2 ** (len(vae_channels) - 1), in_channels=4, out_channels=4,
-        block_out_channels=channels,
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",) * (len(channels) - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(channels) - 1),
-        cross_attention_dim=config.text_hidden, attention_head_dim=16, norm_num_groups=16)
+        block_out_channels=channels, layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * (len(channels) - plain) + ("DownBlock2D",) * plain,
+        up_block_types=("UpBlock2D",) * plain + ("CrossAttnUpBlock2D",) * (len(channels) - plain),
+        cross_attention_dim=config.text_hidden, attention_head_dim=16, norm_num_groups=16, **pooling)
+    if config.noise_schedule == "zero_terminal_snr":
+        schedule = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
+    else:
+        schedule = {}
+    # (steps_offset is unused by trailing timesteps; 1 keeps the pipeline's check for Stable Diffusion's value quiet)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+                              set_alpha_to_one=False, steps_offset=1, **schedule)
     return vae, text_encoder, tokenizer, unet, scheduler
 
 
@@ -165,6 +205,24 @@ def train_vae(accelerator, vae, images: torch.Tensor, config: GeneratorConfig,
     return losses, start
 
 
+def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict at timesteps `t`: the noise (epsilon), or the velocity
+    v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x0 (Salimans & Ho, 'Progressive Distillation', arXiv 2202.00512)."""
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    a = scheduler.alphas_cumprod[t].view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def _unet_lr_factor(step: int, config: GeneratorConfig) -> float:
+    """100 steps of linear warm-up, then constant or cosine decay to 0 at `unet_steps`."""
+    warmup = min(1.0, (step + 1) / 100)
+    if config.unet_lr_schedule == "constant" or step < 100:
+        return warmup
+    progress = min(1.0, (step - 100) / max(1, config.unet_steps - 100))
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class _Denoiser(torch.nn.Module):
     def __init__(self, unet, text_encoder):
         super().__init__()
@@ -177,13 +235,15 @@ def train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, image
     losses and the step it resumed from."""
     module = _Denoiser(unet, text_encoder)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.unet_lr)
-    lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))
+    lr = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_unet_lr_factor, config=config))
     prepared, optimizer, lr, checkpoints, progress = start_or_resume(accelerator, module, optimizer, lr, state_dir,
                                                                      config.resume)
     start, losses = progress.step, progress.extra.get("losses", [])
     with torch.no_grad():  # the frozen VAE's latent means, once
         latents = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
-        latents = latents * vae.config.scaling_factor
+    if config.normalize_latents:  # saved with the VAE: the pipeline divides by it before decoding
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    latents = latents * vae.config.scaling_factor
     module.train()
     alphas = scheduler.alphas_cumprod
     for step in tqdm(range(start, config.unet_steps), desc="unet", initial=start, total=config.unet_steps):
@@ -199,7 +259,7 @@ def train_unet(accelerator, unet, text_encoder, tokenizer, vae, scheduler, image
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(tokens)[0]).sample
-        loss = F.mse_loss(prediction, noise)
+        loss = F.mse_loss(prediction, diffusion_target(scheduler, x0, noise, t))
         accelerator.backward(loss)
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()

@@ -1,32 +1,44 @@
 """The whole paper in miniature, on the embedded default: `make demo` (`make demo QUICK=1` for a smoke run).
 
-    python -m recipes.demo --out runs/demo                          # about 25 minutes on 2 CPU cores
+    python -m recipes.demo --out runs/demo                          # under 20 minutes on 2 CPU cores
     python -m recipes.demo --out runs/demo_quick --profile quick    # a few minutes, numbers meaningless
-    python -m recipes.demo --out runs/demo_full --profile full      # the benchmark-size stages (about 90 min)
+    python -m recipes.demo --out runs/demo_scratch --from-scratch   # also pretrains the bases and the generator
     python -m recipes.demo --out runs/mine --profile my_profile.yaml
 
-A profile (`recipes/profiles/demo*.yaml`, or any YAML file of the same keys: `DemoProfile`) sizes the stages. Each
-stage is a subprocess running an ordinary entry point with its config, written to `<out>/configs/` after the
-stage's own validation; its log goes to `<out>/logs/`; a finished stage is skipped on the next run, an interrupted
-one resumes from its training state:
+As in the real workflow, the demo starts from pretrained models: the world's base VLMs and base generator shipped in
+`world/` (`make world-bases` retrains them; `--from-scratch`, `make demo FROM_SCRATCH=1`, pretrains them inside the
+demo instead). A profile (`recipes/profiles/demo*.yaml`, or any YAML file of the same keys: `DemoProfile`) sizes
+the stages. Each stage is a subprocess running an ordinary entry point with its config, written to `<out>/configs/`
+after the stage's own validation; its log goes to `<out>/logs/`; a finished stage is skipped on the next run, an
+interrupted one resumes from its training state:
 
-    data          python -m training.make_synthetic      held-out labelled data + contact sheet
-    base_teacher  python -m training.pretrain_base       teacher-size base VLM (describes the world's images)
-    base_student  python -m training.pretrain_base       student-size base VLM
-    teacher_sft   python -m training.sft                 cold start on rationales (docs/method.md, 'Cold start')
-    teacher_gdso  python -m training.gdso                GDSO from the cold start
-    student_risd  python -m training.risd                RISD: the student distils the teacher's distributions
-    direct        python -m training.sft (no reasoning)  baseline: the student trained on panel labels alone
-    bradley_terry python -m training.bradley_terry       baseline: a scalar Bradley-Terry reward, student size
-    generator     python -m pipelines.train_tiny_generator   the base text-to-image model (tiny SD pipeline)
-    draft         python -m pipelines.reward_finetune    DRaFT-1 LoRA tuning with the RISD student as the reward
-    gsb           python -m pipelines.judging            base vs tuned, judged by the oracle (GSB with a CI)
+    data           python -m training.make_synthetic      held-out labelled data + contact sheet
+    base_teacher   python -m training.pretrain_base       (--from-scratch) teacher-size base VLM
+    base_student   python -m training.pretrain_base       (--from-scratch) student-size base VLM
+    teacher_sft    python -m training.sft                 cold start on rationales (docs/method.md, 'Cold start')
+    teacher_gdso   python -m training.gdso                GDSO from the cold start
+    student_risd   python -m training.risd                RISD: the student distils the teacher's distributions
+    direct         python -m training.sft (no reasoning)  baseline: the student trained on panel labels alone
+    bradley_terry  python -m training.bradley_terry       baseline: a scalar Bradley-Terry reward, teacher size
+    rewarddance    python -m training.rewarddance         baseline: RewardDance-style P("yes"), teacher size
+    sft_only       python -m training.sft                 baseline: the cold start trained on for GDSO's steps
+    teacher_grpo   python -m training.grpo                baseline: GRPO from the cold start, GDSO's steps
+    student_opd    python -m training.opd                 baseline: on-policy distillation of the GDSO teacher
+    generator      python -m pipelines.train_tiny_generator   (--from-scratch, or none shipped) the base generator
+    draft          python -m pipelines.reward_finetune    DRaFT-1 LoRA tuning with the RISD student as the reward
+    gsb            python -m pipelines.judging            base vs tuned on test prompts, judged by the oracle
 
-Two lanes run side by side (the reward chain, and the student/baseline/generator chain), each a one-thread
-process: the tiny models use two threads poorly, so two one-thread processes finish sooner than one after the
-other. Processes (not threads) keep each stage exactly what its command runs alone, and let it resume on its own. A
-bar per lane counts its finished stages and names the running one; each stage's own progress bar is in its log. At
-the end `<out>/report.md` gathers the tables and figures (`<out>/figures/*.png`).
+Budgets: the teacher-size methods all get the cold start's steps plus GDSO's (SFT only, GRPO and GDSO share the
+cold start; Bradley-Terry and RewardDance train that long from the base); the student-size ones (RISD, OPD, labels
+only) get the same steps from the student base. DRaFT keeps the LoRA of its best step on validation prompts, and
+the GSB is measured on test prompts disjoint from them.
+
+Two lanes run side by side (the reward chain, and the baselines and the generator), each a one-thread process: the
+tiny models use two threads poorly, so two one-thread processes finish sooner than one after the other. Processes
+(not threads) keep each stage exactly what its command runs alone, and let it resume on its own. A bar per lane
+counts its finished stages and names the running one; each stage's own progress bar is in its log. At the end
+`<out>/report.md` gathers the tables (every accuracy with a bootstrap 95% interval over prompt groups) and figures
+(`<out>/figures/*.png`).
 """
 
 from __future__ import annotations
@@ -35,11 +47,14 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -52,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 TRAINING_CONFIGS = ROOT / "training" / "configs"
 PIPELINE_CONFIGS = ROOT / "pipelines" / "configs"
+WORLD = ROOT / "world"  # the shipped bases (recipes.world_bases)
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILES = {"quick": PROFILES_DIR / "demo_quick.yaml", "demo": PROFILES_DIR / "demo.yaml",
             "full": PROFILES_DIR / "demo_full.yaml"}
@@ -109,6 +125,9 @@ class DemoProfile:
     student_risd: dict = field(default_factory=dict, metadata={"help": "overrides of student_risd_tiny.yaml"})
     direct: dict = field(default_factory=dict, metadata={"help": "overrides of the no-reasoning SFT baseline"})
     bradley_terry: dict = field(default_factory=dict, metadata={"help": "overrides of the Bradley-Terry baseline"})
+    rewarddance: dict = field(default_factory=dict, metadata={"help": "overrides of the RewardDance-style baseline"})
+    teacher_grpo: dict = field(default_factory=dict, metadata={"help": "overrides of teacher_grpo_tiny.yaml"})
+    student_opd: dict = field(default_factory=dict, metadata={"help": "overrides of student_opd_tiny.yaml"})
     generator: dict = field(default_factory=dict, metadata={"help": "overrides of the tiny generator's config"})
     draft: dict = field(default_factory=dict, metadata={"help": "overrides of pipelines/configs/draft_tiny.yaml"})
     gsb: GSBStage = field(default_factory=GSBStage, metadata={"help": "the oracle's judgement"})
@@ -134,6 +153,19 @@ class Stage:
     done: Path
     after: list[str] = field(default_factory=list)
     title: str = ""
+    setup: Callable[[], None] | None = None  # run before the stage's command when the stage is not done
+
+
+def _copy_checkpoints(source: Path, target: Path) -> Callable[[], None]:
+    """A stage setup: start `target` from the training state in `source` (once; a copy is renamed into place)."""
+    def copy() -> None:
+        if target.exists():
+            return
+        staging = target.with_name(target.name + ".copying")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        staging.rename(target)
+    return copy
 
 
 def _write_config(path: Path, config) -> Path:
@@ -154,81 +186,142 @@ def dotted(overrides: dict, prefix: str = "") -> dict:
     return flat
 
 
-def build_stages(out: Path, profile: DemoProfile | str) -> list[Stage]:
+def shipped_models(world: Path = WORLD) -> dict[str, Path | None]:
+    """The shipped base models in `world` (`teacher`, `student`, `generator`), None for those not there."""
+    paths = {"teacher": world / "base_teacher", "student": world / "base_student", "generator": world / "generator"}
+    marker = {"teacher": "config.json", "student": "config.json", "generator": "model_index.json"}
+    return {name: path if (path / marker[name]).exists() else None for name, path in paths.items()}
+
+
+def build_stages(out: Path, profile: DemoProfile | str, from_scratch: bool = False,
+                 world: Path = WORLD) -> list[Stage]:
     """The demo's stages for `profile` (a `DemoProfile`, or a name or YAML file for `load_profile`), their configs
-    checked by each stage's config class and written under `<out>/configs/`."""
+    checked by each stage's config class and written under `<out>/configs/`. They start from the bases shipped in
+    `world`, or with `from_scratch` pretrain them first (the generator too when `world` ships none)."""
     from pipelines.reward_finetune import RewardFinetuneConfig
     from pipelines.train_tiny_generator import GeneratorConfig
     from training.gdso import GDSOConfig
+    from training.grpo import GRPOConfig
+    from training.opd import OPDConfig
     from training.pretrain_base import PretrainBaseConfig
     from training.risd import RISDConfig
     from training.scalar_baselines import ScalarConfig
     from training.sft import SFTConfig
 
     p = load_profile(profile) if isinstance(profile, str) else profile
+    shipped = shipped_models(world)
+    if not from_scratch and (shipped["teacher"] is None or shipped["student"] is None):
+        raise ValueError(f"{world} lacks the shipped base VLMs (base_teacher, base_student): retrain them with "
+                         "`make world-bases`, or pretrain them inside the demo with --from-scratch")
     configs = out / "configs"
     common = {"log_with": "tensorboard", "resume": True}
     eval_data = {f"eval_data.{key}": value for key, value in EVAL.items()}
     eval_data["eval_data.num_groups"] = p.report.eval_groups
     stages = []
 
-    def reward_stage(name, lane, module, cls, yaml_file, overrides, after, title):
+    def reward_stage(name, lane, module, cls, yaml_file, overrides, after, title, setup=None):
         values = {**common, "output_dir": str(out / name), **eval_data, **overrides, **dotted(getattr(p, name))}
         config = load_config(cls, yaml_file, values)
         path = _write_config(configs / f"{name}.yaml", config)
-        stages.append(Stage(name, lane, module, ["--config", str(path)], out / name / "metrics.json", after, title))
+        stages.append(Stage(name, lane, module, ["--config", str(path)], out / name / "metrics.json", after, title,
+                            setup))
+        return config
 
     stages.append(Stage("data", "B", "training.make_synthetic",
                         ["--out", str(out / "data"), "--n", str(p.data.n), "--seed", "1",
                          "--contact-sheet", str(out / "figures" / "contact_sheet.png")],
                         out / "data" / "records.jsonl", [], "held-out synthetic data"))
+    # the base VLMs' pretraining configs are checked whichever the mode (a bad key in the profile is never ignored)
     base_yaml = yaml.safe_load((TRAINING_CONFIGS / "pretrain_base_tiny.yaml").read_text())
-    for name, lane, model in (("base_teacher", "A", "teacher"), ("base_student", "B", "student")):
-        settings = dict(getattr(p, name))
-        entry = merge_mappings(base_yaml["models"][model], settings.pop("model", {}))
-        # the profile's stage lengths replace the model's own ones
-        if "steps" in settings:
-            entry.pop("steps", None)
-        if "steps" in settings.get("vision", {}):
-            entry.pop("vision_steps", None)
-        path = _write_config(configs / f"{name}.yaml", dict(base_yaml, models={model: entry}))
-        config = load_config(PretrainBaseConfig, path, {**common, "output_dir": str(out / name), **dotted(settings)})
-        _write_config(path, config)
-        stages.append(Stage(name, lane, "training.pretrain_base", ["--config", str(path)], out / name / model /
-                            "config.json", [], f"{model}-size base VLM"))
-    reward_stage("teacher_sft", "A", "training.sft", SFTConfig, TRAINING_CONFIGS / "teacher_sft_tiny.yaml",
-                 {"base": str(out / "base_teacher" / "teacher")}, ["base_teacher"], "teacher: cold-start SFT")
-    reward_stage("teacher_gdso", "A", "training.gdso", GDSOConfig, TRAINING_CONFIGS / "teacher_gdso_tiny.yaml",
-                 {"base": str(out / "teacher_sft" / "model")}, ["teacher_sft"], "teacher: GDSO")
-    reward_stage("student_risd", "A", "training.risd", RISDConfig, TRAINING_CONFIGS / "student_risd_tiny.yaml",
-                 {"base": str(out / "base_student" / "student"), "teacher": str(out / "teacher_gdso" / "model"),
-                  "cache_dir": str(out / "teacher_cache")}, ["teacher_gdso", "base_student"], "student: RISD")
-    student_base = {"base": str(out / "base_student" / "student"), "lr": 3e-4, "lr_scheduler": "cosine",
-                    "warmup_steps": 20, "save_every": 100}
+    with tempfile.TemporaryDirectory() as scratch_configs:
+        for name, lane, model in (("base_teacher", "A", "teacher"), ("base_student", "B", "student")):
+            settings = dict(getattr(p, name))
+            entry = merge_mappings(base_yaml["models"][model], settings.pop("model", {}))
+            # the profile's stage lengths replace the model's own ones
+            if "steps" in settings:
+                entry.pop("steps", None)
+            if "steps" in settings.get("vision", {}):
+                entry.pop("vision_steps", None)
+            path = _write_config((configs if from_scratch else Path(scratch_configs)) / f"{name}.yaml",
+                                 dict(base_yaml, models={model: entry}))
+            config = load_config(PretrainBaseConfig, path,
+                                 {**common, "output_dir": str(out / name), **dotted(settings)})
+            if from_scratch:
+                _write_config(path, config)
+                stages.append(Stage(name, lane, "training.pretrain_base", ["--config", str(path)],
+                                    out / name / model / "config.json", [], f"{model}-size base VLM"))
+    if from_scratch:
+        bases = {"teacher": out / "base_teacher" / "teacher", "student": out / "base_student" / "student"}
+        after_base = {"teacher": ["base_teacher"], "student": ["base_student"]}
+    else:
+        bases = {"teacher": shipped["teacher"], "student": shipped["student"]}
+        after_base = {"teacher": [], "student": []}
+    # the reward chain (lane A)
+    cold = reward_stage("teacher_sft", "A", "training.sft", SFTConfig, TRAINING_CONFIGS / "teacher_sft_tiny.yaml",
+                        {"base": str(bases["teacher"])}, after_base["teacher"], "teacher: cold-start SFT")
+    gdso = reward_stage("teacher_gdso", "A", "training.gdso", GDSOConfig, TRAINING_CONFIGS / "teacher_gdso_tiny.yaml",
+                        {"base": str(out / "teacher_sft" / "model")}, ["teacher_sft"], "teacher: GDSO")
+    student_overrides = {"base": str(bases["student"]), "teacher": str(out / "teacher_gdso" / "model")}
+    risd = reward_stage("student_risd", "A", "training.risd", RISDConfig, TRAINING_CONFIGS / "student_risd_tiny.yaml",
+                        dict(student_overrides, cache_dir=str(out / "teacher_cache")),
+                        ["teacher_gdso", *after_base["student"]], "student: RISD")
+    # the baselines (lane B): the teacher-size ones at the cold start's + GDSO's steps, the student-size ones at RISD's
+    teacher_budget = cold.steps + gdso.steps
+    student_base = {"base": str(bases["student"]), "lr": 3e-4, "lr_scheduler": "cosine", "warmup_steps": 20,
+                    "save_every": 100, "steps": risd.steps}
     reward_stage("direct", "B", "training.sft", SFTConfig, None,
-                 dict(student_base, reasoning=False, **{"train_data.num_groups": 2048}), ["base_student"],
+                 dict(student_base, reasoning=False, **{"train_data.num_groups": 2048}), after_base["student"],
                  "baseline: student on panel labels")
-    reward_stage("bradley_terry", "B", "training.bradley_terry", ScalarConfig, None,
-                 dict(student_base, **{"train_data.num_groups": 2048}), ["base_student"], "baseline: Bradley-Terry")
-    generator = load_config(GeneratorConfig, None, dict(output_dir=str(out / "generator"), resume=True,
-                                                             **dotted(p.generator)))
-    path = _write_config(configs / "generator.yaml", generator)
-    stages.append(Stage("generator", "B", "pipelines.train_tiny_generator", ["--config", str(path)],
-                        out / "generator" / "metrics.json", [], "tiny SD generator"))
+    scalar = {"base": str(bases["teacher"]), "steps": teacher_budget, "lr": cold.lr, "warmup_steps": cold.warmup_steps,
+              "batch_size": cold.batch_size, "save_every": teacher_budget,
+              "train_data.num_groups": cold.train_data["num_groups"]}
+    reward_stage("bradley_terry", "B", "training.bradley_terry", ScalarConfig, None, scalar, after_base["teacher"],
+                 "baseline: Bradley-Terry")
+    reward_stage("rewarddance", "B", "training.rewarddance", ScalarConfig, None, scalar, after_base["teacher"],
+                 "baseline: RewardDance-style")
+    # SFT only: the cold start's own run, its training state copied and trained on for GDSO's steps
+    if cold.lr_scheduler not in ("constant", "constant_with_warmup"):
+        raise ValueError(f"teacher_sft.lr_scheduler must be constant or constant_with_warmup (the SFT-only baseline "
+                         f"continues the cold start's run for GDSO's steps), got {cold.lr_scheduler!r}")
+    values = {**common, "output_dir": str(out / "sft_only"), **eval_data, **dotted(p.teacher_sft),
+              "base": str(bases["teacher"]), "steps": teacher_budget, "save_every": teacher_budget}
+    config = load_config(SFTConfig, TRAINING_CONFIGS / "teacher_sft_tiny.yaml", values)
+    path = _write_config(configs / "sft_only.yaml", config)
+    stages.append(Stage("sft_only", "B", "training.sft", ["--config", str(path)], out / "sft_only" / "metrics.json",
+                        ["teacher_sft"], "baseline: SFT only",
+                        _copy_checkpoints(out / "teacher_sft" / "checkpoints", out / "sft_only" / "checkpoints")))
+    reward_stage("teacher_grpo", "B", "training.grpo", GRPOConfig, TRAINING_CONFIGS / "teacher_grpo_tiny.yaml",
+                 {"base": str(out / "teacher_sft" / "model"), "objective": "grpo", "steps": gdso.steps,
+                  "save_every": gdso.save_every, **dotted(p.teacher_gdso)}, ["teacher_sft"], "baseline: GRPO")
+    reward_stage("student_opd", "B", "training.opd", OPDConfig, TRAINING_CONFIGS / "student_opd_tiny.yaml",
+                 dict(student_overrides, steps=risd.steps), ["teacher_gdso", *after_base["student"]],
+                 "baseline: OPD")
+    # the generator and its tuning (lane C)
+    if from_scratch or shipped["generator"] is None:
+        generator = load_config(GeneratorConfig, None, dict(output_dir=str(out / "generator"), resume=True,
+                                                                 **dotted(p.generator)))
+        path = _write_config(configs / "generator.yaml", generator)
+        stages.append(Stage("generator", "B", "pipelines.train_tiny_generator", ["--config", str(path)],
+                            out / "generator" / "metrics.json", [], "tiny SD generator"))
+        pipeline, after_generator = out / "generator" / "pipeline", ["generator"]
+    else:
+        pipeline, after_generator = shipped["generator"], []
     draft = load_config(RewardFinetuneConfig, PIPELINE_CONFIGS / "draft_tiny.yaml",
-                        dict(output_dir=str(out / "draft"), pretrained=str(out / "generator" / "pipeline"),
+                        dict(output_dir=str(out / "draft"), pretrained=str(pipeline),
                              reward=str(out / "student_risd" / "model"), resume=True, **dotted(p.draft)))
     path = _write_config(configs / "draft.yaml", draft)
     stages.append(Stage("draft", "C", "pipelines.reward_finetune", ["--config", str(path)],
-                        out / "draft" / "metrics.json", ["generator", "student_risd"], "DRaFT LoRA with the student"))
+                        out / "draft" / "metrics.json", [*after_generator, "student_risd"],
+                        "DRaFT LoRA with the student"))
     gsb_steps = p.gsb.num_inference_steps or draft.num_inference_steps
     stages.append(Stage("gsb", "C", "pipelines.judging",
-                        ["--a", str(out / "generator" / "pipeline"), "--b", str(out / "generator" / "pipeline"),
-                         "--lora_b", str(out / "draft" / "lora"), "--judge", "oracle",
+                        ["--a", str(pipeline), "--b", str(pipeline), "--lora_b", str(out / "draft" / "best_lora"),
+                         "--judge", "oracle", "--skip_prompts", str(draft.eval_prompts),
                          "--num_prompts", str(p.gsb.num_prompts), "--seeds_per_prompt", str(p.gsb.seeds_per_prompt),
                          "--num_inference_steps", str(gsb_steps), "--size", str(draft.height),
+                         "--guidance_scale", str(draft.guidance_scale),
                          "--out", str(out / "gsb.json"), "--grid", str(out / "figures" / "before_after.png")],
-                        out / "gsb.json", ["draft"], "oracle GSB: base vs tuned"))
+                        out / "gsb.json", ["draft"], "oracle GSB: base vs tuned, test prompts"))
     return stages
 
 
@@ -254,6 +347,8 @@ class Runner:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         command = [sys.executable, "-m", stage.module, *stage.args]
+        if stage.setup is not None:
+            stage.setup()
         started = time.perf_counter()
         self.current[stage.lane] = (stage.name, log, started)
         with open(log, "ab") as handle:
@@ -317,9 +412,12 @@ class Runner:
                 raise RuntimeError("; ".join(self.failed))
 
 
-def schedule(sequential: bool) -> list[list[str]]:
-    """Groups of lanes run together, in order: lanes A and B side by side (or B, then A), then C."""
-    return [["B"], ["A"], ["C"]] if sequential else [["A", "B"], ["C"]]
+def schedule(stages: list[Stage], sequential: bool) -> tuple[list[Stage], list[list[str]]]:
+    """The stages and the groups of lanes run together, in order: lanes A and B side by side, then C; or
+    (`sequential`) every stage in one lane, in the order they were built (each after the stages it waits for)."""
+    if sequential:
+        return [replace(stage, lane="all") for stage in stages], [["all"]]
+    return stages, [["A", "B"], ["C"]]
 
 
 def validate_schedule(stages: list[Stage], groups: list[list[str]]) -> None:
@@ -343,6 +441,9 @@ def main(argv: list[str] | None = None) -> dict:
                      help=f"stage sizes: one of {sorted(PROFILES)} (recipes/profiles/demo*.yaml) or a YAML file of "
                           "the same keys (default: %(default)s)")
     run.add_argument("--sequential", action="store_true", help="one stage at a time (all threads each)")
+    run.add_argument("--from-scratch", action="store_true",
+                     help="pretrain the base VLMs and the base generator inside the demo instead of starting from the "
+                          "ones shipped in world/ (adds about an hour)")
     output = parser.add_argument_group("Output")
     output.add_argument("--out", default="runs/demo", help="where every stage, the report and the figures go")
     args = parser.parse_args(argv)
@@ -353,20 +454,25 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "profile.txt"
-    if marker.exists() and marker.read_text().strip() != args.profile:
+    kind = args.profile + (" --from-scratch" if args.from_scratch else "")
+    if marker.exists() and marker.read_text().strip() != kind:
         held = marker.read_text().strip()
         raise SystemExit(f"--out {out} holds a `{held}` demo; its finished stages would be reused as if they were "
-                         f"`{args.profile}` ones. Pick another --out, or delete {out}.")
-    marker.write_text(args.profile + "\n")
+                         f"`{kind}` ones. Pick another --out, or delete {out}.")
+    marker.write_text(kind + "\n")
     started = time.perf_counter()
-    stages = build_stages(out, profile)
-    lanes = schedule(args.sequential)
+    try:
+        stages = build_stages(out, profile, from_scratch=args.from_scratch)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    stages, lanes = schedule(stages, args.sequential)
     validate_schedule(stages, lanes)
     runner = Runner(out, stages, threads_per_lane=1)
     runner.run(lanes)
     from recipes.demo_report import write_report
 
-    report = write_report(out, args.profile, runner.timings, asdict(profile.report))
+    report = write_report(out, kind, runner.timings, asdict(profile.report),
+                          world_dir=None if args.from_scratch else WORLD)
     wall = time.perf_counter() - started
     sys.stdout.write(report["summary"] + f"\nthis run: {wall / 60:.1f} min; report: {out / 'report.md'}\n")
     return report

@@ -24,13 +24,25 @@ def held_out_world():
 
     return SyntheticWorld(EVAL["world_seed"], WorldConfig(image_size=EVAL["image_size"])), EVAL["start"]
 
-REWARD_ROWS = (  # (stage, label)
-    ("bradley_terry", "baseline: scalar Bradley-Terry (student size)"),
-    ("direct", "baseline: student trained on the panel's labels only"),
-    ("teacher_sft", "teacher, cold-start SFT (reasons, then scores)"),
-    ("teacher_gdso", "teacher, GDSO (reasons, then scores)"),
-    ("student_risd", "**student, RISD** (no reasoning: the reward used for tuning)"),
+TEACHER_ROWS = (  # (stage, label): teacher size, the cold start's steps + GDSO's
+    ("sft_only", "SFT only (the cold start trained on)"),
+    ("teacher_grpo", "GRPO (cold start + sampled score token)"),
+    ("bradley_terry", "scalar Bradley-Terry"),
+    ("rewarddance", "RewardDance-style P(yes)"),
+    ("teacher_gdso", "**GDSO** (cold start + GDSO)"),
 )
+STUDENT_ROWS = (  # student size, RISD's steps, no reasoning
+    ("direct", "trained on the panel's labels only"),
+    ("student_opd", "OPD (on-policy distillation of the GDSO teacher)"),
+    ("student_risd", "**RISD** (distils the GDSO teacher; the reward used for tuning)"),
+)
+NAMES = {"teacher_sft": "cold start", "sft_only": "SFT only", "teacher_grpo": "GRPO", "bradley_terry": "Bradley-Terry",
+         "rewarddance": "RewardDance", "teacher_gdso": "GDSO", "direct": "labels only", "student_opd": "OPD",
+         "student_risd": "RISD"}
+REWARD_ROWS = (("teacher_sft", "cold start (SFT; where GRPO and GDSO begin)"), *TEACHER_ROWS, *STUDENT_ROWS)
+SHORT_LABELS = {"teacher_sft": "cold\nstart", "sft_only": "SFT\nonly", "teacher_grpo": "GRPO",
+                "bradley_terry": "Bradley-\nTerry", "rewarddance": "Reward-\nDance", "teacher_gdso": "GDSO",
+                "direct": "labels\nonly", "student_opd": "OPD", "student_risd": "RISD"}
 
 
 def _load(path: Path) -> dict | None:
@@ -60,38 +72,79 @@ def _smooth(values, window: int = 10) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------- tables
-def base_table(out: Path) -> str:
-    lines = ["| base model | parameters | colour | shape | count | background | training |",
+def base_table(out: Path, world: Path | None = None) -> str:
+    """The base VLMs: trained by this run (`--from-scratch`), else the shipped ones as their manifest measured them
+    on unseen images (the lower of its two sets of 1,024)."""
+    lines = ["| base model | parameters | colour | shape | count | background | where from |",
              "|---|---|---|---|---|---|---|"]
+    manifest = (_load(world / "manifest.json") or {}).get("models", {}) if world is not None else {}
     for stage, name in (("base_teacher", "teacher"), ("base_student", "student")):
         metrics = (_load(out / stage / "metrics.json") or {}).get(name)
-        if metrics is None:
+        if metrics is not None:
+            accuracy = metrics["held_out_accuracy"]
+            source = f"trained by this run: {metrics['steps']} steps, {metrics['train_seconds']:.0f} s"
+        elif stage in manifest:
+            sets = manifest[stage]["colour_shape_count_on_unseen_images"].values()
+            accuracy = {task: min(measured[task] for measured in sets) for task in next(iter(sets))}
+            metrics = manifest[stage]
+            source = f"shipped: world/{stage} (manifest, commit {metrics.get('commit')})"
+        else:
             continue
-        accuracy = metrics["held_out_accuracy"]
         lines.append(f"| {name} | {metrics['parameters'] / 1e6:.2f} M | "
                      + " | ".join(_fmt(accuracy.get(task)) for task in ("colour", "shape", "count", "background"))
-                     + f" | {metrics['steps']} steps, {metrics['train_seconds']:.0f} s |")
+                     + f" | {source} |")
     return "\n".join(lines)
 
 
-def reward_table(out: Path, ceiling: dict) -> tuple[str, dict]:
-    header = "| reward model | overall | " + " | ".join(d.replace("_", " ") for d in DIMENSIONS) + " | training |"
-    lines = [header, "|---" * (len(DIMENSIONS) + 3) + "|"]
-    accuracies = {}
-    for stage, label in REWARD_ROWS:
+def accuracy_intervals(out: Path, eval_groups: int) -> dict[str, dict]:
+    """Each reward stage's held-out preference accuracy with its bootstrap 95% interval over prompt groups,
+    recomputed from the per-record scores the stage wrote (`eval_scores`) on the same held-out groups."""
+    from training.data import load_split
+    from zreward_diffusers.evaluation import preference_accuracy_ci
+
+    from .demo import EVAL
+
+    dataset = load_split(dict(EVAL, num_groups=eval_groups))
+    intervals = {}
+    for stage, _ in REWARD_ROWS:
         metrics = _load(out / stage / "metrics.json")
-        if metrics is None:
+        if metrics is None or "eval_scores" not in metrics:
             continue
-        accuracies[stage] = metrics["preference_accuracy"]
-        per_dimension = metrics.get("per_dimension") or {}
-        lines.append(f"| {label} | {_fmt(metrics['preference_accuracy'])} | "
-                     + " | ".join(_fmt(per_dimension.get(d)) for d in DIMENSIONS)
-                     + f" | {metrics['steps']} steps, {metrics['train_seconds']:.0f} s |")
-    for key, label in (("oracle", "ceiling: the oracle vs the panel"),
-                       ("single_annotator", "ceiling: one annotator vs the rest of the panel")):
-        lines.append(f"| {label} | {_fmt(ceiling['overall'][key])} | "
+        intervals[stage] = preference_accuracy_ci(np.asarray(metrics["eval_scores"]), dataset)
+    return intervals
+
+
+def _interval(interval: dict | None) -> str:
+    return "–" if interval is None else f"[{interval['lower']:.3f}, {interval['upper']:.3f}]"
+
+
+def reward_table(out: Path, ceiling: dict, intervals: dict) -> tuple[str, dict]:
+    """Two tables (teacher size, student size), each row with its overall accuracy, 95% interval and
+    per-dimension accuracies; then the ceilings."""
+    header = ("| reward model | overall | 95% CI | " + " | ".join(d.replace("_", " ") for d in DIMENSIONS)
+              + " | training |")
+    rule = "|---" * (len(DIMENSIONS) + 4) + "|"
+    accuracies, blocks = {}, []
+    for title, rows in (("Teacher size (one backbone, the same data and steps)",
+                         (REWARD_ROWS[0], *TEACHER_ROWS)),
+                        ("Student size, no reasoning (one backbone, the same data and steps)", STUDENT_ROWS)):
+        lines = [f"**{title}**", "", header, rule]
+        for stage, label in rows:
+            metrics = _load(out / stage / "metrics.json")
+            if metrics is None:
+                continue
+            accuracies[stage] = metrics["preference_accuracy"]
+            per_dimension = metrics.get("per_dimension") or {}
+            lines.append(f"| {label} | {_fmt(metrics['preference_accuracy'])} | {_interval(intervals.get(stage))} | "
+                         + " | ".join(_fmt(per_dimension.get(d)) for d in DIMENSIONS)
+                         + f" | {metrics['steps']} steps, {metrics['train_seconds']:.0f} s |")
+        blocks.append("\n".join(lines))
+    lines = ["| ceiling | overall | 95% CI | " + " | ".join(d.replace("_", " ") for d in DIMENSIONS) + " | |", rule]
+    for key, label in (("oracle", "the oracle vs the panel"), ("single_annotator", "one annotator vs the rest")):
+        lines.append(f"| {label} | {_fmt(ceiling['overall'][key])} | – | "
                      + " | ".join(_fmt(ceiling[d][key]) for d in DIMENSIONS) + " | – |")
-    return "\n".join(lines), accuracies
+    blocks.append("\n".join(lines))
+    return "\n\n".join(blocks), accuracies
 
 
 def distribution_table(out: Path) -> str:
@@ -115,18 +168,72 @@ def tuning_table(out: Path) -> tuple[str, dict]:
     draft, gsb = _load(out / "draft" / "metrics.json"), _load(out / "gsb.json")
     if draft is None or gsb is None:
         return "(the tuning stages did not run)", {}
-    first, last = draft["evaluations"][0], draft["evaluations"][-1]
-    lines = ["| measure | base | tuned |", "|---|---|---|",
-             f"| student's expected score μ on held-out prompts | {_fmt(first['eval_expected_score'])} | "
-             f"{_fmt(last['eval_expected_score'])} |",
-             f"| oracle's score on held-out prompts | {_fmt(first.get('eval_judge_score'))} | "
+    evaluations = draft["evaluations"]
+    first, last = evaluations[0], evaluations[-1]
+    tuned = [e for e in evaluations if e["step"] > 0]
+    key = "eval_judge_score" if first.get("eval_judge_score") is not None else "eval_expected_score"
+    best = max(tuned, key=lambda e: e[key]) if tuned else last  # the step whose LoRA `best_lora` holds
+    lines = [f"| measure, validation prompts | base | best step ({best['step']}: the LoRA kept) | last step "
+             f"({last['step']}) |", "|---|---|---|---|",
+             f"| student's expected score μ (the reward) | {_fmt(first['eval_expected_score'])} | "
+             f"{_fmt(best['eval_expected_score'])} | {_fmt(last['eval_expected_score'])} |",
+             f"| oracle's score | {_fmt(first.get('eval_judge_score'))} | {_fmt(best.get('eval_judge_score'))} | "
              f"{_fmt(last.get('eval_judge_score'))} |",
              "",
-             "| oracle GSB, tuned vs base | good | same | bad | net (G − B)/(G + S + B) | 95% bootstrap CI |",
+             "| oracle GSB, tuned vs base, test prompts | good | same | bad | net (G − B)/(G + S + B) | "
+             "95% bootstrap CI |",
              "|---|---|---|---|---|---|",
-             f"| {gsb['num_judgements']} images (held-out prompts × seeds) | {gsb['good']:.3f} | {gsb['same']:.3f} | "
-             f"{gsb['bad']:.3f} | **{gsb['net']:+.3f}** | [{gsb['net_lower']:+.3f}, {gsb['net_upper']:+.3f}] |"]
+             f"| {gsb['num_judgements']} images (prompts disjoint from validation × seeds) | {gsb['good']:.3f} | "
+             f"{gsb['same']:.3f} | {gsb['bad']:.3f} | **{gsb['net']:+.3f}** | "
+             f"[{gsb['net_lower']:+.3f}, {gsb['net_upper']:+.3f}] |"]
     return "\n".join(lines), gsb
+
+
+def orderings(accuracies: dict, intervals: dict, gsb: dict) -> list[tuple[str, str, str]]:
+    """The paper's three claims against this run: `(claim, "holds" / "does not hold" / "not measured", evidence)`.
+    A claim holds on the point estimates; the evidence says whether the 95% intervals separate."""
+    def acc(stage):
+        return accuracies.get(stage)
+
+    def vs(a, b):
+        if a not in intervals or b not in intervals:
+            return ""
+        apart = intervals[a]["lower"] > intervals[b]["upper"] or intervals[b]["lower"] > intervals[a]["upper"]
+        return "" if apart else " (intervals overlap)"
+
+    claims = []
+    rivals = [s for s in ("sft_only", "teacher_grpo", "bradley_terry", "rewarddance") if acc(s) is not None]
+    if acc("teacher_gdso") is None or not rivals:
+        claims.append(("GDSO above SFT, GRPO and the scalar baselines", "not measured", "–"))
+    else:
+        beaten = [s for s in rivals if acc("teacher_gdso") > acc(s)]
+        evidence = f"GDSO {_fmt(acc('teacher_gdso'))} against " + ", ".join(
+            f"{NAMES[s]} {_fmt(acc(s))}{vs('teacher_gdso', s)}" for s in rivals)
+        claims.append(("GDSO above SFT, GRPO and the scalar baselines",
+                       "holds" if len(beaten) == len(rivals) else "does not hold", evidence))
+    if acc("student_risd") is None or acc("teacher_gdso") is None or acc("student_opd") is None:
+        claims.append(("the RISD student within 2 points of its teacher and above OPD", "not measured", "–"))
+    else:
+        gap = acc("teacher_gdso") - acc("student_risd")
+        holds = gap <= 0.02 and acc("student_risd") > acc("student_opd")
+        claims.append(("the RISD student within 2 points of its teacher and above OPD",
+                       "holds" if holds else "does not hold",
+                       f"RISD {_fmt(acc('student_risd'))}, its teacher {_fmt(acc('teacher_gdso'))} (gap "
+                       f"{100 * gap:+.1f} points), OPD {_fmt(acc('student_opd'))}{vs('student_risd', 'student_opd')}"))
+    if not gsb:
+        claims.append(("reward tuning with the student judged better by the oracle", "not measured", "–"))
+    else:
+        verdict = "holds" if gsb["net_lower"] > 0 else "does not hold"
+        claims.append(("reward tuning with the student judged better by the oracle", verdict,
+                       f"GSB net {gsb['net']:+.3f}, 95% CI [{gsb['net_lower']:+.3f}, {gsb['net_upper']:+.3f}] "
+                       f"(holds only if the interval is above 0)"))
+    return claims
+
+
+def orderings_table(claims: list[tuple[str, str, str]]) -> str:
+    lines = ["| claim | this run | evidence |", "|---|---|---|"]
+    lines += [f"| {claim} | **{verdict}** | {evidence} |" for claim, verdict, evidence in claims]
+    return "\n".join(lines)
 
 
 def timing_table(timings: dict) -> str:
@@ -241,6 +348,9 @@ def curves_figure(out: Path, path: Path) -> Path:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
+        elif axis in (axes[0], axes[4]):  # the shipped bases: trained by `make world-bases`, not by this run
+            axis.text(0.5, 0.5, "shipped in world/\n(not trained by this run)", ha="center", va="center",
+                      transform=axis.transAxes, fontsize=9, color="0.4")
     figure.suptitle("Training curves of every demo stage (moving averages)", fontsize=11)
     figure.tight_layout()
     figure.savefig(path)
@@ -248,24 +358,34 @@ def curves_figure(out: Path, path: Path) -> Path:
     return path
 
 
-def accuracy_figure(accuracies: dict, ceiling: dict, path: Path) -> Path:
+def accuracy_figure(accuracies: dict, intervals: dict, ceiling: dict, path: Path) -> Path:
     plt = _plt()
-    labels = {"bradley_terry": "Bradley-Terry\n(scalar)", "direct": "student on\nlabels only",
-              "teacher_sft": "teacher\nSFT", "teacher_gdso": "teacher\nGDSO", "student_risd": "student\nRISD"}
-    names = [name for name in labels if name in accuracies]
-    figure, axis = plt.subplots(figsize=(8.5, 3.6), dpi=110)
-    colours = ["0.6" if name in ("bradley_terry", "direct") else "C0" for name in names]
-    bars = axis.bar([labels[n] for n in names], [accuracies[n] for n in names], color=colours)
-    for bar, name in zip(bars, names, strict=True):
-        axis.text(bar.get_x() + bar.get_width() / 2, accuracies[name] + 0.005, f"{accuracies[name]:.3f}",
-                  ha="center", fontsize=8)
+    names = [stage for stage, _ in REWARD_ROWS if stage in accuracies]
+    student = {stage for stage, _ in STUDENT_ROWS}
+    ours = {"teacher_gdso", "student_risd"}
+    figure, axis = plt.subplots(figsize=(10, 3.8), dpi=110)
+    x = np.arange(len(names)) + np.array([0.6 if name in student else 0.0 for name in names])
+    colours = ["C0" if name in ours else "0.6" for name in names]
+    values = np.array([accuracies[n] for n in names])
+    errors = np.array([[values[i] - intervals[n]["lower"], intervals[n]["upper"] - values[i]] if n in intervals
+                       else [0.0, 0.0] for i, n in enumerate(names)]).T
+    axis.bar(x, values, color=colours, yerr=errors, capsize=3, error_kw={"linewidth": 0.8})
+    for xi, value in zip(x, values, strict=True):
+        axis.text(xi, 0.41, f"{value:.3f}", ha="center", fontsize=7, color="white")
+    axis.set_xticks(x, [SHORT_LABELS[n] for n in names], fontsize=8)
     axis.axhline(0.5, color="black", linewidth=0.8, linestyle=":", label="chance")
     axis.axhline(ceiling["overall"]["single_annotator"], color="C3", linestyle="--", linewidth=1,
                  label="one annotator (human ceiling)")
     axis.axhline(ceiling["overall"]["oracle"], color="C2", linestyle="--", linewidth=1, label="oracle")
+    if any(n in student for n in names) and any(n not in student for n in names):
+        split = (x[[n not in student for n in names]].max() + x[[n in student for n in names]].min()) / 2
+        axis.axvline(split, color="0.3", linewidth=0.6)
+        axis.text(split - 0.1, 0.97, "teacher size", ha="right", va="top", fontsize=8)
+        axis.text(split + 0.1, 0.97, "student size", ha="left", va="top", fontsize=8)
     axis.set_ylim(0.4, 1.0)
     axis.set_ylabel("held-out preference accuracy")
-    axis.set_title("Reward models on held-out prompt groups (grey: baselines)", fontsize=10)
+    axis.set_title("Reward models on held-out prompt groups, 95% bootstrap intervals (blue: ours, grey: baselines)",
+                   fontsize=10)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path)
@@ -274,8 +394,9 @@ def accuracy_figure(accuracies: dict, ceiling: dict, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------- report
-def write_report(out: Path, profile: str, timings: dict, settings: dict) -> dict:
-    """Write `<out>/report.md` and the figures; returns `{"summary": str, "figures": {...}, "numbers": {...}}`."""
+def write_report(out: Path, profile: str, timings: dict, settings: dict, world_dir: Path | None = None) -> dict:
+    """Write `<out>/report.md` and the figures (`world_dir`: where the shipped bases came from, for their table);
+    returns `{"summary": str, "figures": {...}, "numbers": {...}}`."""
     from zreward_diffusers.evaluation import reliability_diagram
     from zreward_diffusers.synthetic.ceiling import human_ceiling
 
@@ -284,10 +405,13 @@ def write_report(out: Path, profile: str, timings: dict, settings: dict) -> dict
     figures.mkdir(parents=True, exist_ok=True)
     world, start = held_out_world()
     ceiling = human_ceiling(world.groups(settings["eval_groups"], start=start))
-    rewards, accuracies = reward_table(out, ceiling)
+    intervals = accuracy_intervals(out, settings["eval_groups"])
+    rewards, accuracies = reward_table(out, ceiling, intervals)
     tuning, gsb = tuning_table(out)
+    claims = orderings(accuracies, intervals, gsb)
     paths = {"training_curves": curves_figure(out, figures / "training_curves.png"),
-             "preference_accuracy": accuracy_figure(accuracies, ceiling, figures / "preference_accuracy.png")}
+             "preference_accuracy": accuracy_figure(accuracies, intervals, ceiling,
+                                                    figures / "preference_accuracy.png")}
     samples = samples_figure(out, figures / "samples.png", settings["samples"])
     if samples:
         paths["samples"] = samples
@@ -314,7 +438,10 @@ majority preference, ties excluded, predicted ties count ½ ({settings['eval_gro
 ## The data
 {figure("contact_sheet", "Sample images of the synthetic world with their prompts and the panel's histograms.")}
 ## Base models (they describe the world's held-out images: accuracy of the answer)
-{base_table(out)}
+{base_table(out, world_dir)}
+
+## The paper's three orderings, as this run measured them
+{orderings_table(claims)}
 
 ## Reward models: held-out pairwise preference accuracy
 {rewards}
@@ -335,14 +462,16 @@ majority preference, ties excluded, predicted ties count ½ ({settings['eval_gro
 {timing_table(timings)}
 """
     (out / "report.md").write_text(text)
-    student_acc = accuracies.get("student_risd")
-    summary = ("demo summary: teacher SFT {} -> GDSO {}; student RISD {} (baselines: Bradley-Terry {}, labels only {};"
-               " one annotator {}); DRaFT GSB net {} [{}, {}]").format(
-        _fmt(accuracies.get("teacher_sft")), _fmt(accuracies.get("teacher_gdso")), _fmt(student_acc),
-        _fmt(accuracies.get("bradley_terry")), _fmt(accuracies.get("direct")),
-        _fmt(ceiling["overall"]["single_annotator"]), _fmt(gsb.get("net")), _fmt(gsb.get("net_lower")),
-        _fmt(gsb.get("net_upper")))
-    numbers = {"accuracy": accuracies, "ceiling": {k: ceiling["overall"][k] for k in ("oracle", "single_annotator")},
+    summary = "demo summary: " + "; ".join(
+        f"{name} {_fmt(accuracies.get(stage))}" for stage, name in
+        (("teacher_gdso", "GDSO"), ("sft_only", "SFT only"), ("teacher_grpo", "GRPO"), ("bradley_terry", "BT"),
+         ("rewarddance", "RewardDance"), ("student_risd", "RISD"), ("student_opd", "OPD"), ("direct", "labels only"))
+    ) + " (held-out preference accuracy); DRaFT GSB net {} [{}, {}]; orderings: {}".format(
+        _fmt(gsb.get("net")), _fmt(gsb.get("net_lower")), _fmt(gsb.get("net_upper")),
+        ", ".join(f"({i}) {verdict}" for i, (_, verdict, _) in enumerate(claims, 1)))
+    numbers = {"accuracy": accuracies, "accuracy_ci": intervals, "orderings": [
+                   {"claim": claim, "verdict": verdict, "evidence": evidence} for claim, verdict, evidence in claims],
+               "ceiling": {k: ceiling["overall"][k] for k in ("oracle", "single_annotator")},
                "gsb": {k: gsb[k] for k in ("good", "same", "bad", "net", "net_lower", "net_upper")} if gsb else {},
                "timings": timings}
     (out / "report.json").write_text(json.dumps(numbers, indent=2))

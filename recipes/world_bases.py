@@ -9,8 +9,7 @@ resumable (an interrupted one continues from its checkpoints):
     bases      python -m training.pretrain_base --config training/configs/pretrain_base_tiny.yaml
                the teacher-size and student-size base VLMs (tiny Qwen2-VL)
     generator  python -m pipelines.train_tiny_generator --config pipelines/configs/generator_world.yaml
-               the world's base text-to-image model (a tiny Stable Diffusion pipeline); only when asked for
-               (`--stages generator`, `--ship generator`): not shipped while its samples ignore their prompts
+               the world's base text-to-image model (a tiny Stable Diffusion pipeline)
     teacher    python -m recipes.teacher (cold-start SFT, then GDSO) from the teacher-size base
     student    python -m training.risd --config training/configs/student_risd_tiny.yaml: the RISD student of that
                teacher, from the student-size base (the reward the quickstart and reward tuning use)
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORLD = ROOT / "world"
 RUNS = Path("runs/world")
 STAGES = ("bases", "generator", "teacher", "student", "ship")
-DEFAULT_STAGES = ("bases", "teacher", "student", "ship")
+DEFAULT_STAGES = ("bases", "generator", "teacher", "student", "ship")
 MANIFEST = "manifest.json"
 BASE_CONFIG = "training/configs/pretrain_base_tiny.yaml"
 GENERATOR_CONFIG = "pipelines/configs/generator_world.yaml"
@@ -177,7 +176,8 @@ def measure_bases(paths: list[Path], runs: Path) -> dict[str, dict]:
 
 
 def measure_generator(path: Path, num_prompts: int = 128, seeds_per_prompt: int = 2) -> dict:
-    """The shipped generator (as `pipelines/configs/draft_tiny.yaml` samples it) on held-out prompts."""
+    """The shipped generator on held-out prompts, 20 DDIM steps, without guidance and with the guidance
+    `pipelines/configs/draft_tiny.yaml` samples it with."""
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -189,10 +189,13 @@ def measure_generator(path: Path, num_prompts: int = 128, seeds_per_prompt: int 
     pipe = StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     prompts = [p for p in world_prompts(512, num_prompts, seed=0)[1] for _ in range(seeds_per_prompt)]
-    images = generate(pipe, prompts, list(range(len(prompts))), num_inference_steps=draft.num_inference_steps,
-                      height=draft.height, width=draft.width, guidance_scale=draft.guidance_scale)
-    return dict(oracle_report(images, prompts), num_inference_steps=draft.num_inference_steps,
-                guidance_scale=draft.guidance_scale, prompts="world_prompts(512, 128, seed=0) held-out, 2 seeds")
+    measured = {"prompts": f"world_prompts(512, {num_prompts}, seed=0) held-out, {seeds_per_prompt} seeds",
+                "num_inference_steps": draft.num_inference_steps}
+    for guidance in sorted({1.0, draft.guidance_scale}):
+        images = generate(pipe, prompts, list(range(len(prompts))), num_inference_steps=draft.num_inference_steps,
+                          height=draft.height, width=draft.width, guidance_scale=guidance)
+        measured[f"guidance_{guidance:g}"] = oracle_report(images, prompts)
+    return measured
 
 
 def measure_student(path: Path) -> dict:
@@ -223,7 +226,7 @@ def commit() -> str | None:
 
 
 SHIPPED = ("bases", "generator", "student_risd")
-DEFAULT_SHIPPED = ("bases", "student_risd")
+DEFAULT_SHIPPED = SHIPPED
 
 
 def ship(runs: Path, world: Path, which: tuple[str, ...] = DEFAULT_SHIPPED) -> dict:

@@ -145,6 +145,16 @@ MUTANTS = (
     Mutant("pickles_beside_weights_are_loaded", "zreward_diffusers/checkpoint.py",
            "    if not pickles:\n", "    if True:\n",
            ("tests/test_checkpoint_hardening.py",)),
+    Mutant("generator_latents_left_unscaled", "pipelines/train_tiny_generator.py",
+           "        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))\n", "        pass\n",
+           ("tests/test_pipelines.py::test_world_generator_options_build_what_they_say_and_train",)),
+    Mutant("generator_v_prediction_learns_the_noise", "pipelines/train_tiny_generator.py",
+           "    if scheduler.config.prediction_type == \"epsilon\":\n", "    if True:\n",
+           ("tests/test_pipelines.py::test_world_generator_options_build_what_they_say_and_train",)),
+    Mutant("accuracy_interval_resamples_pairs_not_prompts", "zreward_diffusers/evaluation.py",
+           "    result = metrics.bootstrap_ci(accuracy, credit, groups, num_resamples, confidence, seed)\n",
+           "    result = metrics.bootstrap_ci(accuracy, credit, None, num_resamples, confidence, seed)\n",
+           ("tests/test_evaluation.py",)),
 )
 
 

@@ -50,6 +50,9 @@ def test_every_config_is_checked():
     (RewardFinetuneConfig, "method", "ppo", "`method` must be one of"),
     (RewardFinetuneConfig, "batch_size", 0, "`batch_size` must be an integer >= 1"),
     (PretrainBaseConfig, "batch_size", 0, "`batch_size` must be an integer >= 1"),
+    (GeneratorConfig, "tokenizer", "bpe", "`tokenizer` must be one of"),
+    (GeneratorConfig, "noise_schedule", "cosine", "`noise_schedule` must be one of"),
+    (GeneratorConfig, "unet_lr_schedule", "linear", "`unet_lr_schedule` must be one of"),
     (VisionStageConfig, "head", "max", "`vision.head` must be one of"),  # `PretrainBaseConfig.vision`
     (VisionStageConfig, "steps", -1, "`vision.steps` must be an integer >= 0"),
 ])

@@ -18,6 +18,7 @@ from PIL import Image
 
 from recipes.demo import (
     TRAINING_CONFIGS,
+    WORLD,
     build_stages,
     load_profile,
     main,
@@ -42,28 +43,55 @@ def _table_rows(report: str, first_cell: str) -> list[str]:
     return [line for line in report.splitlines() if line.startswith(f"| {first_cell}")]
 
 
+REWARD_STAGES = {"teacher_sft", "sft_only", "teacher_grpo", "bradley_terry", "rewarddance", "teacher_gdso", "direct",
+                 "student_opd", "student_risd"}
+
+
 def test_quick_demo_writes_the_report_with_numbers(quick_demo):
     out, result = quick_demo
     report = (out / "report.md").read_text()
-    for heading in ("## Base models", "## Reward models", "## Score distributions", "## Reward tuning",
-                    "## Training curves", "## Stage wall times"):
+    for heading in ("## Base models", "## The paper's three orderings", "## Reward models", "## Score distributions",
+                    "## Reward tuning", "## Training curves", "## Stage wall times"):
         assert heading in report
+    numbers = json.loads((out / "report.json").read_text())
     rows = {label: _table_rows(report, label) for label in
-            ("teacher, cold-start SFT", "teacher, GDSO", "**student, RISD**", "baseline: scalar Bradley-Terry",
-             "baseline: student trained", "ceiling: the oracle", "ceiling: one annotator")}
+            ("cold start (SFT", "SFT only", "GRPO", "scalar Bradley-Terry", "RewardDance-style", "**GDSO**",
+             "trained on the panel's labels only", "OPD", "**RISD**", "the oracle vs the panel",
+             "one annotator vs the rest")}
     for label, lines in rows.items():
-        assert lines, f"no table row for {label}"
-        accuracy = float(lines[0].split("|")[2])
+        assert lines, f"no table row for {label}"  # the reward table's row comes first
+        cells = [cell.strip() for cell in lines[0].split("|")]
+        accuracy = float(cells[2])
         assert 0.0 <= accuracy <= 1.0, (label, accuracy)
+        if not label.startswith(("the oracle", "one annotator")):  # every reward model's accuracy has its interval
+            lower, upper = map(float, cells[3].strip("[]").split(","))
+            assert lower <= accuracy <= upper, (label, cells[3])
+    assert set(numbers["accuracy"]) == set(numbers["accuracy_ci"]) == REWARD_STAGES
+    for stage, interval in numbers["accuracy_ci"].items():  # the interval's estimate is the trainer's own accuracy
+        assert interval["estimate"] == pytest.approx(numbers["accuracy"][stage], abs=1e-9), stage
     gsb = _table_rows(report, "8 images")[0]
     net = re.search(r"\*\*([+-]\d\.\d+)\*\*", gsb)
     assert net and -1.0 <= float(net.group(1)) <= 1.0
-    numbers = json.loads((out / "report.json").read_text())
-    assert set(numbers["accuracy"]) == {"teacher_sft", "teacher_gdso", "student_risd", "bradley_terry", "direct"}
     assert all(math.isfinite(v) for v in numbers["accuracy"].values())
     assert numbers["ceiling"]["oracle"] > 0.8  # the oracle agrees with its own panel
+    assert [claim["verdict"] in ("holds", "does not hold") for claim in numbers["orderings"]] == [True] * 3
     assert set(numbers["timings"]) == {stage.name for stage in build_stages(out, "quick")}
-    assert "demo summary: teacher SFT" in result.stdout
+    assert "demo summary: GDSO" in result.stdout and "orderings: (1)" in result.stdout
+    # the shipped bases were used, not trained: the base table quotes their manifest
+    assert not (out / "base_teacher").exists() and "shipped: world/base_teacher" in report
+
+
+def test_quick_demo_baselines_share_the_budget_and_the_cold_start(quick_demo):
+    out, _ = quick_demo
+    metrics = {name: json.loads((out / name / "metrics.json").read_text()) for name in REWARD_STAGES}
+    cold, gdso = metrics["teacher_sft"]["steps"], metrics["teacher_gdso"]["steps"]
+    # SFT only is the cold start's own run trained on: it resumed from the cold start's last training state
+    assert metrics["sft_only"]["resumed_from_step"] == cold and metrics["sft_only"]["steps"] == cold + gdso
+    assert metrics["teacher_grpo"]["steps"] == gdso
+    assert metrics["bradley_terry"]["steps"] == metrics["rewarddance"]["steps"] == cold + gdso
+    assert metrics["direct"]["steps"] == metrics["student_opd"]["steps"] == metrics["student_risd"]["steps"]
+    grpo = yaml.safe_load((out / "configs" / "teacher_grpo.yaml").read_text())
+    assert grpo["objective"] == "grpo" and grpo["base"] == str(out / "teacher_sft" / "model")
 
 
 def test_quick_demo_figures_exist_and_are_linked(quick_demo):
@@ -88,31 +116,55 @@ def test_finished_stages_are_not_run_again(quick_demo):
 
 def test_stage_configs_are_written_and_load(tmp_path):
     from training.config import load_config
+    from training.scalar_baselines import ScalarConfig
     from training.sft import SFTConfig
 
     stages = build_stages(tmp_path, "demo")
     assert [s.name for s in stages][:1] == ["data"] and {s.lane for s in stages} == {"A", "B", "C"}
+    # from the shipped bases: no pretraining stage, and the generator too when world/ ships one
+    assert not {"base_teacher", "base_student"} & {s.name for s in stages}
     direct = load_config(SFTConfig, tmp_path / "configs" / "direct.yaml")
-    assert direct.reasoning is False and direct.steps == load_profile("demo").direct["steps"]
-    assert direct.base == str(tmp_path / "base_student" / "student")
-    base = yaml.safe_load((tmp_path / "configs" / "base_teacher.yaml").read_text())
+    assert direct.reasoning is False and direct.steps == load_profile("demo").student_risd["steps"]
+    assert direct.base == str(WORLD / "base_student")
+    bt = load_config(ScalarConfig, tmp_path / "configs" / "bradley_terry.yaml")
+    profile = load_profile("demo")
+    assert bt.base == str(WORLD / "base_teacher")
+    assert bt.steps == profile.teacher_sft["steps"] + profile.teacher_gdso["steps"]
+    names = {s.name for s in stages}
+    assert all(set(s.after) <= names for s in stages)
+
+    scratch = build_stages(tmp_path / "scratch", "demo", from_scratch=True)
+    assert {"base_teacher", "base_student", "generator"} <= {s.name for s in scratch}
+    direct = load_config(SFTConfig, tmp_path / "scratch" / "configs" / "direct.yaml")
+    assert direct.base == str(tmp_path / "scratch" / "base_student" / "student")
+    base = yaml.safe_load((tmp_path / "scratch" / "configs" / "base_teacher.yaml").read_text())
     assert list(base["models"]) == ["teacher"] and base["steps"] == load_profile("demo").base_teacher["steps"]
     # the demo keeps the input its documented numbers were measured with; the full profile reads the shipped config
     assert (base["patch_size"], base["min_pixels"], base["max_pixels"]) == (14, 112 * 112, 112 * 112)
     assert base["models"]["teacher"]["vision_config"] == {"embed_dim": 96, "depth": 3, "num_heads": 6,
                                                           "initializer_range": 0.06}
     assert base["num_train_images"] == 8192
-    student = yaml.safe_load((tmp_path / "configs" / "base_student.yaml").read_text())
+    student = yaml.safe_load((tmp_path / "scratch" / "configs" / "base_student.yaml").read_text())
     assert base["optimizer"] == student["optimizer"] == "adamw"
-    build_stages(tmp_path / "full", "full")
+    build_stages(tmp_path / "full", "full", from_scratch=True)
     shipped = yaml.safe_load((TRAINING_CONFIGS / "pretrain_base_tiny.yaml").read_text())
     for model in ("teacher", "student"):
         full = yaml.safe_load((tmp_path / "full" / "configs" / f"base_{model}.yaml").read_text())
         assert (full["patch_size"], full["min_pixels"]) == (shipped["patch_size"], shipped["min_pixels"]) == (7, 3136)
         assert full["models"][model] == shipped["models"][model]
         assert base["models"]["teacher"]["text_config"] == shipped["models"]["teacher"]["text_config"]
-    names = {s.name for s in stages}
-    assert all(set(s.after) <= names for s in stages)
+
+
+def test_without_shipped_bases_the_demo_asks_for_them_or_from_scratch(tmp_path):
+    with pytest.raises(ValueError, match="--from-scratch"):
+        build_stages(tmp_path / "out", "quick", world=tmp_path / "empty_world")
+    stages = build_stages(tmp_path / "out2", "quick", from_scratch=True, world=tmp_path / "empty_world")
+    assert {"base_teacher", "base_student", "generator"} <= {s.name for s in stages}
+    cosine = tmp_path / "cosine.yaml"
+    cosine.write_text(yaml.safe_dump(dict(yaml.safe_load((ROOT / "recipes/profiles/demo_quick.yaml").read_text()),
+                                          teacher_sft={"steps": 8, "lr_scheduler": "cosine"})))
+    with pytest.raises(ValueError, match="teacher_sft.lr_scheduler"):
+        build_stages(tmp_path / "out3", str(cosine))
 
 
 def test_bad_profile_and_reused_output_directory_are_refused(tmp_path):
@@ -141,7 +193,8 @@ def test_profile_files_are_checked_by_the_stages_configs(tmp_path):
         build_stages(tmp_path / "c", profile(base_student={"vision": {"steps": -1}}))
     with pytest.raises(ValueError, match="`n`"):
         build_stages(tmp_path / "d", profile(data={"n": 0}))
-    build_stages(tmp_path / "e", profile(teacher_sft={"steps": 5, "train_data": {"num_groups": 7}}))
+    build_stages(tmp_path / "e", profile(teacher_sft={"steps": 5, "train_data": {"num_groups": 7},
+                                                      "lr_scheduler": "constant"}))
     sft = yaml.safe_load((tmp_path / "e" / "configs" / "teacher_sft.yaml").read_text())
     assert (sft["steps"], sft["train_data"]["num_groups"], sft["eval_data"]["num_groups"]) == (5, 7, 6)
 
@@ -159,11 +212,15 @@ def test_make_demo_quick_runs_the_quick_profile():
 
 
 def test_schedules_never_wait_for_a_later_stage(tmp_path):
-    stages = build_stages(tmp_path, "quick")
-    for sequential in (False, True):
-        validate_schedule(stages, schedule(sequential))
+    for from_scratch in (False, True):
+        stages = build_stages(tmp_path / str(from_scratch), "quick", from_scratch=from_scratch)
+        for sequential in (False, True):
+            validate_schedule(*schedule(stages, sequential))
     with pytest.raises(ValueError, match="student_risd"):  # the reward chain needs the student base of lane B
         validate_schedule(stages, [["A"], ["B"], ["C"]])
+    shipped = build_stages(tmp_path / "shipped", "quick")
+    with pytest.raises(ValueError, match="sft_only"):  # the baselines of lane B start from the cold start of lane A
+        validate_schedule(shipped, [["B"], ["A"], ["C"]])
 
 
 def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
@@ -181,7 +238,7 @@ def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "TRAINING_CONFIGS", configs)
     for profile, expected in (("quick", {"teacher": 10, "student": 10}), ("demo", {"teacher": 0, "student": 0}),
                               ("full", {"teacher": 20000, "student": 28000})):
-        build_stages(tmp_path / profile, profile)
+        build_stages(tmp_path / profile, profile, from_scratch=True)
         for model, steps in expected.items():
             config = yaml.safe_load((tmp_path / profile / "configs" / f"base_{model}.yaml").read_text())
             assert config["models"][model].get("vision_steps", config["vision"]["steps"]) == steps, (profile, model)

@@ -8,7 +8,7 @@ import pytest
 
 from zreward_diffusers.cli import main
 from zreward_diffusers.data import RewardDataset
-from zreward_diffusers.evaluation import dataset_targets, evaluate_probs
+from zreward_diffusers.evaluation import dataset_targets, evaluate_probs, preference_accuracy_ci
 from zreward_diffusers.synthetic import SyntheticWorld
 from zreward_diffusers.synthetic.export import to_reward_dataset
 from zreward_diffusers.testing import create_tiny_checkpoint
@@ -45,6 +45,46 @@ def test_the_oracle_scores_well_and_a_constant_model_scores_chance(world_dataset
     flat = evaluate_probs(uniform, world_dataset)
     assert flat["alignment"]["pairwise_accuracy"]["accuracy"] == 0.5  # every predicted pair ties: ½ each
     assert flat["alignment"]["emd"] > report["alignment"]["emd"]
+
+
+def test_preference_accuracy_ci_is_the_trainers_accuracy_with_a_bootstrap_over_prompt_groups(world_dataset):
+    rng = np.random.default_rng(0)
+    oracle = np.array([[r.meta["oracle"][d] for d in world_dataset.dimensions] for r in world_dataset.records])
+    # right on whole groups, wrong on others (so resampling groups and resampling pairs give different intervals),
+    # rounded so that some pairs are predicted ties
+    sign = np.array([1.0 if r.group_id in set(r.group_id for r in world_dataset.records[::8]) else -1.0
+                     for r in world_dataset.records])
+    scores = np.round(sign[:, None] * oracle + rng.normal(0, 0.3, oracle.shape))
+    result = preference_accuracy_ci(scores, world_dataset, num_resamples=2000, seed=1)
+    # the estimate, by hand: per dimension over the panel's untied pairs (a predicted tie ½), then the mean
+    index, outcome = dataset_targets(world_dataset)["dimension_pairs"]
+    by_hand = []
+    for d in range(4):
+        gap, human = scores[index[:, 0], d] - scores[index[:, 1], d], outcome[:, d]
+        keep = human != 0
+        by_hand.append(np.mean(np.where(gap[keep] == 0, 0.5, np.sign(gap[keep]) == np.sign(human[keep]))))
+    assert result["estimate"] == pytest.approx(np.mean(by_hand), abs=1e-12)
+    assert result["num_groups"] == 12
+    # the interval against a brute-force bootstrap that redraws whole groups (12 groups of 6 pairs each)
+    group_of_pair = np.array([world_dataset.records[i].group_id for i in index[:, 0]])
+    names = sorted(set(group_of_pair))
+    draws = []
+    for _ in range(4000):
+        picked = rng.choice(len(names), len(names))
+        rows = np.concatenate([np.flatnonzero(group_of_pair == names[g]) for g in picked])
+        per_dimension = []
+        for d in range(4):
+            gap, human = scores[index[rows, 0], d] - scores[index[rows, 1], d], outcome[rows, d]
+            keep = human != 0
+            per_dimension.append(np.mean(np.where(gap[keep] == 0, 0.5, np.sign(gap[keep]) == np.sign(human[keep]))))
+        draws.append(np.mean(per_dimension))
+    lower, upper = np.quantile(draws, [0.025, 0.975])
+    assert result["lower"] == pytest.approx(lower, abs=0.02) and result["upper"] == pytest.approx(upper, abs=0.02)
+    assert result["lower"] < result["estimate"] < result["upper"]
+    with pytest.raises(ValueError, match="`scores` must have shape"):
+        preference_accuracy_ci(scores[:, :3], world_dataset)
+    with pytest.raises(ValueError, match="`scores` holds NaN"):
+        preference_accuracy_ci(np.where(scores > 3, np.nan, scores), world_dataset)
 
 
 def test_zreward_eval_writes_json_markdown_and_reliability_png(world_dataset, tmp_path, capsys):

@@ -49,7 +49,7 @@ class OPDConfig(RewardTrainingConfig):
         "Objective": ("estimator", "num_samples"),
     }
 
-    base: str = field(default="runs/base/student", metadata={"help": "the student's starting backbone"})
+    base: str = field(default="world/base_student", metadata={"help": "the student's starting backbone"})
     teacher: str = field(default="runs/teacher/gdso/model", metadata={"help": "the teacher: a Z-Reward checkpoint"})
     output_dir: str = field(default="runs/student_opd", metadata={"help": "checkpoints, final model, metrics"})
     estimator: str = field(default="sampled", metadata={"help": "sampled (OPD's REINFORCE) or exact (closed form)"})

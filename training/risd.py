@@ -56,7 +56,7 @@ class RISDConfig(RewardTrainingConfig):
         "Objective": ("gap_weight", "human_weight", "huber_delta", "temperature", "full_vocabulary"),
     }
 
-    base: str = field(default="runs/base/student", metadata={"help": "the student's starting backbone"})
+    base: str = field(default="world/base_student", metadata={"help": "the student's starting backbone"})
     teacher: str = field(default="runs/teacher/gdso/model", metadata={"help": "the teacher: a Z-Reward checkpoint"})
     output_dir: str = field(default="runs/student_risd", metadata={"help": "checkpoints, final model, metrics"})
     cache_dir: str = field(default="runs/teacher_cache", metadata={"help": "where teacher caches are kept"})

@@ -58,7 +58,7 @@ class RewardTrainingConfig:
                                     "log_every", "log_with"),
     }
 
-    base: str = field(default="runs/base/teacher", metadata={
+    base: str = field(default="world/base_teacher", metadata={
         "help": "backbone to start from: a Hugging Face checkpoint directory or hub id, or a Z-Reward checkpoint"})
     output_dir: str = field(default="runs/reward", metadata={"help": "checkpoints, the final model and metrics"})
     train_data: dict = field(default_factory=lambda: asdict(DataSpec(start=0, num_groups=512)),

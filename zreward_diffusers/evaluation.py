@@ -105,6 +105,47 @@ def evaluate_probs(probs: np.ndarray, dataset: RewardDataset, weights=None) -> d
     return {**report, "num_records": len(dataset.records)}
 
 
+def preference_accuracy_ci(scores, dataset: RewardDataset, num_resamples: int = 1000, confidence: float = 0.95,
+                           seed: int = 0) -> dict:
+    """Held-out preference accuracy of per-record scores with a bootstrap interval over prompt groups.
+
+    The accuracy is the trainers' one (docs/method.md eq. 17): the panel's pairs of each dimension, human ties left
+    out, a predicted tie worth 1/2, then the mean over dimensions. The interval is the percentile bootstrap of that
+    number with whole prompt groups resampled (`metrics.bootstrap_ci`): a pair belongs to the group of its images.
+
+    Args:
+        scores: `(N, D)` scores of `dataset.records` in `dataset.dimensions` order (expected scores μ, or a scalar
+            baseline's scores).
+        dataset: the held-out `RewardDataset` with per-dimension pairs.
+
+    Returns:
+        `{"estimate", "lower", "upper", "confidence", "num_resamples", "num_groups"}`.
+    """
+    targets = dataset_targets(dataset)
+    index, outcome = targets["dimension_pairs"]
+    scores = np.asarray(scores, dtype=np.float64)
+    expected = (len(dataset.records), len(dataset.dimensions))
+    if scores.shape != expected:
+        raise ValueError(f"`scores` must have shape {expected} (records, dimensions), got {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError("`scores` holds NaN or infinite values")
+    if len(outcome) == 0:
+        raise ValueError("`dataset` has no per-dimension pairs: the accuracy is undefined")
+    predicted = np.sign(scores[index[:, 0]] - scores[index[:, 1]])  # (P, D)
+    human = np.sign(outcome.astype(np.float64))
+    credit = np.where(human == 0, np.nan, np.where(predicted == 0, 0.5, (predicted == human).astype(np.float64)))
+
+    def accuracy(values: np.ndarray) -> float:  # per dimension over its untied pairs, then over dimensions
+        counts = (~np.isnan(values)).sum(axis=0)
+        sums = np.nansum(values, axis=0)
+        return float(np.mean(sums[counts > 0] / counts[counts > 0]))
+
+    groups = targets["groups"][index[:, 0]]
+    result = metrics.bootstrap_ci(accuracy, credit, groups, num_resamples, confidence, seed)
+    result["num_groups"] = int(len(set(groups.tolist())))
+    return result
+
+
 def markdown_table(report: dict, dimensions) -> str:
     header = "| dimension | " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |"
     lines = [header, "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
