@@ -25,13 +25,20 @@ from zreward_diffusers.metrics import gsb_with_ci
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], num_inference_steps: int = 20, height: int = 32,
-             width: int = 32, guidance_scale: float = 1.0, **kwargs) -> torch.Tensor:
-    """Images in [−1, 1] `(N, 3, H, W)`, prompt i with seed i (the pipeline's own sampling)."""
+             width: int = 32, guidance_scale: float = 1.0, batch_size: int = 16, **kwargs) -> torch.Tensor:
+    """Images in [−1, 1] `(N, 3, H, W)`, prompt i with seed i (the pipeline's own sampling), `batch_size` prompts
+    per pipeline call: each image's starting noise comes from its own seeded generator, so an image does not depend
+    on the batch it was drawn in (up to float rounding)."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"`seeds` must have one seed per prompt: {len(seeds)} seeds for {len(prompts)} prompts")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}")
     images = []
-    for prompt, seed in zip(prompts, seeds, strict=True):
-        out = pipe([prompt], num_inference_steps=num_inference_steps, height=height, width=width,
-                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed), output_type="pt",
-                   **kwargs)
+    for start in range(0, len(prompts), batch_size):
+        chunk = slice(start, start + batch_size)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds[chunk]]
+        out = pipe(prompts[chunk], num_inference_steps=num_inference_steps, height=height, width=width,
+                   guidance_scale=guidance_scale, generator=generators, output_type="pt", **kwargs)
         images.append(out.images * 2 - 1)
     return torch.cat(images)
 

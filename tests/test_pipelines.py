@@ -338,6 +338,21 @@ def test_world_generator_options_build_what_they_say_and_train(tmp_path):
         GeneratorConfig(text_pooling=True, text_hidden=30)
 
 
+def test_generate_draws_each_image_from_its_own_seed_whatever_the_batch():
+    from pipelines.judging import generate
+
+    pipe = build_tiny_pipeline("sd15", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    prompts, seeds = ["a red circle", "two blue stars", "a green square"], [5, 6, 7]
+    kwargs = dict(num_inference_steps=3, guidance_scale=3.0)
+    batched = generate(pipe, prompts, seeds, batch_size=2, **kwargs)
+    one_by_one = torch.cat([generate(pipe, [p], [s], batch_size=1, **kwargs) for p, s in zip(prompts, seeds)])
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=0)
+    assert not torch.allclose(batched[0], generate(pipe, prompts[:1], [8], **kwargs)[0])  # another seed differs
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        generate(pipe, prompts, seeds[:2])
+
+
 def test_oracle_report_counts_what_the_prompt_asks_for():
     """Perfect renders of their own prompts hit every attribute; the same images under prompts that change exactly
     one attribute miss exactly that one."""
