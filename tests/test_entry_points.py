@@ -30,6 +30,8 @@ ENTRY_POINTS = {
     "benchmarks.draft_memory": ("Measurement",),
     "benchmarks.loss_overhead": ("Measurement", "Output"),
     "benchmarks.oracle_judge": ("Measurement", "Output"),
+    "benchmarks.teacher_chains": ("Data", "Output"),
+    "benchmarks.teacher_ceiling": ("Model", "Data", "Output"),
     "benchmarks.scoring_throughput": ("Models", "Measurement"),
     "recipes.student_table": ("Measurement", "Output"),
     "benchmarks.synthetic_world": ("Measurement", "Output"),

@@ -346,7 +346,8 @@ def test_generate_draws_each_image_from_its_own_seed_whatever_the_batch():
     prompts, seeds = ["a red circle", "two blue stars", "a green square"], [5, 6, 7]
     kwargs = dict(num_inference_steps=3, guidance_scale=3.0)
     batched = generate(pipe, prompts, seeds, batch_size=2, **kwargs)
-    one_by_one = torch.cat([generate(pipe, [p], [s], batch_size=1, **kwargs) for p, s in zip(prompts, seeds)])
+    one_by_one = torch.cat([generate(pipe, [p], [s], batch_size=1, **kwargs)
+                            for p, s in zip(prompts, seeds, strict=True)])
     torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=0)
     assert not torch.allclose(batched[0], generate(pipe, prompts[:1], [8], **kwargs)[0])  # another seed differs
     with pytest.raises(ValueError, match="one seed per prompt"):
