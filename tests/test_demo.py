@@ -105,6 +105,31 @@ def test_quick_demo_figures_exist_and_are_linked(quick_demo):
         assert f"(figures/{name}.png)" in report
 
 
+def test_an_interrupted_demo_resumes_to_the_same_numbers(quick_demo, tmp_path):
+    """The quick demo killed (the whole process group, as Ctrl-C would) while its stages run, then run again on the
+    same --out, prints the numbers of the uninterrupted run."""
+    import signal
+    import time
+
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "recipes.demo", "--profile", "quick", "--out", str(out)]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (out / "teacher_sft" / "metrics.json").exists():  # stop it once a stage has finished
+        assert first.poll() is None and time.monotonic() < deadline, "the demo ended before it could be interrupted"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGINT)
+    first.wait(timeout=60)
+    assert first.returncode != 0 and not (out / "report.json").exists()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, whole = (json.loads((path / "report.json").read_text()) for path in (out, quick_demo[0]))
+    assert resumed["accuracy"] == whole["accuracy"]
+    assert resumed["gsb"] == whole["gsb"]
+    assert resumed["accuracy_ci"] == whole["accuracy_ci"]
+
+
 def test_finished_stages_are_not_run_again(quick_demo):
     out, _ = quick_demo
     before = json.loads((out / "timings.json").read_text())
