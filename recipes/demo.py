@@ -298,8 +298,9 @@ def build_stages(out: Path, profile: DemoProfile | str, from_scratch: bool = Fal
                  "baseline: OPD")
     # the generator and its tuning (lane C)
     if from_scratch or shipped["generator"] is None:
-        generator = load_config(GeneratorConfig, None, dict(output_dir=str(out / "generator"), resume=True,
-                                                                 **dotted(p.generator)))
+        # the shipped generator's recipe (unit-std latents, zero-terminal-SNR schedule...), the profile's lengths
+        generator = load_config(GeneratorConfig, PIPELINE_CONFIGS / "generator_world.yaml",
+                                dict(output_dir=str(out / "generator"), resume=True, **dotted(p.generator)))
         path = _write_config(configs / "generator.yaml", generator)
         stages.append(Stage("generator", "B", "pipelines.train_tiny_generator", ["--config", str(path)],
                             out / "generator" / "metrics.json", [], "tiny SD generator"))

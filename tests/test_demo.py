@@ -161,6 +161,9 @@ def test_stage_configs_are_written_and_load(tmp_path):
 
     scratch = build_stages(tmp_path / "scratch", "demo", from_scratch=True)
     assert {"base_teacher", "base_student", "generator"} <= {s.name for s in scratch}
+    generator = yaml.safe_load((tmp_path / "scratch" / "configs" / "generator.yaml").read_text())
+    assert generator["noise_schedule"] == "zero_terminal_snr" and generator["normalize_latents"] is True
+    assert generator["unet_steps"] == load_profile("demo").generator["unet_steps"]
     direct = load_config(SFTConfig, tmp_path / "scratch" / "configs" / "direct.yaml")
     assert direct.base == str(tmp_path / "scratch" / "base_student" / "student")
     base = yaml.safe_load((tmp_path / "scratch" / "configs" / "base_teacher.yaml").read_text())
