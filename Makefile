@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 QUICK ?= 0
 
-.PHONY: install test test-latest constraints mutants demo world-bases lint bench clean
+.PHONY: install test test-latest constraints mutants demo demo-seeds world-bases lint bench clean
 
 # The suite's versions come from constraints.txt (a lock of what it passed on); pyproject.toml keeps ranges for users.
 $(BIN)/.installed: pyproject.toml Makefile constraints.txt
@@ -48,6 +48,13 @@ DEMO_ARGS := --profile $(DEMO_PROFILE) --out $(DEMO_OUT)$(if $(filter 1,$(FROM_S
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m recipes.demo $(DEMO_ARGS)
+
+# make demo-seeds: the demo again with training seeds 1 and 2 (after `make demo`, seed 0), then the teacher, student
+# and DRaFT tables over the three seeds (benchmarks/README.md, "Over seeds"): about 40 more minutes.
+demo-seeds: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m recipes.demo --profile demo --out runs/demo_seed1 --seed 1
+	HF_HUB_OFFLINE=1 $(BIN)/python -m recipes.demo --profile demo --out runs/demo_seed2 --seed 2
+	$(BIN)/python -m recipes.demo_tables runs/demo runs/demo_seed1 runs/demo_seed2
 
 # make world-bases: retrain the world's shipped models (base VLMs, RISD student) and refresh world/ (about 45 min).
 world-bases: install

@@ -194,10 +194,16 @@ def shipped_models(world: Path = WORLD) -> dict[str, Path | None]:
 
 
 def build_stages(out: Path, profile: DemoProfile | str, from_scratch: bool = False,
-                 world: Path = WORLD) -> list[Stage]:
+                 world: Path = WORLD, seed: int = 0) -> list[Stage]:
     """The demo's stages for `profile` (a `DemoProfile`, or a name or YAML file for `load_profile`), their configs
     checked by each stage's config class and written under `<out>/configs/`. They start from the bases shipped in
-    `world`, or with `from_scratch` pretrain them first (the generator too when `world` ships none)."""
+    `world`, or with `from_scratch` pretrain them first (the generator too when `world` ships none).
+
+    `seed` is the training seed of every reward model (and of the RISD teacher cache's sampling); a profile that sets
+    a stage's `seed` keeps it. The bases, the data, the generator and DRaFT keep theirs: DRaFT's seed also draws its
+    prompt split, which the GSB's test prompts must stay disjoint from."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`seed` must be an integer >= 0, got {seed!r}")
     from pipelines.reward_finetune import RewardFinetuneConfig
     from pipelines.train_tiny_generator import GeneratorConfig
     from training.gdso import GDSOConfig
@@ -220,7 +226,8 @@ def build_stages(out: Path, profile: DemoProfile | str, from_scratch: bool = Fal
     stages = []
 
     def reward_stage(name, lane, module, cls, yaml_file, overrides, after, title, setup=None):
-        values = {**common, "output_dir": str(out / name), **eval_data, **overrides, **dotted(getattr(p, name))}
+        values = {**common, "seed": seed, "output_dir": str(out / name), **eval_data, **overrides,
+                  **dotted(getattr(p, name))}
         config = load_config(cls, yaml_file, values)
         path = _write_config(configs / f"{name}.yaml", config)
         stages.append(Stage(name, lane, module, ["--config", str(path)], out / name / "metrics.json", after, title,
@@ -263,7 +270,7 @@ def build_stages(out: Path, profile: DemoProfile | str, from_scratch: bool = Fal
                         {"base": str(out / "teacher_sft" / "model")}, ["teacher_sft"], "teacher: GDSO")
     student_overrides = {"base": str(bases["student"]), "teacher": str(out / "teacher_gdso" / "model")}
     risd = reward_stage("student_risd", "A", "training.risd", RISDConfig, TRAINING_CONFIGS / "student_risd_tiny.yaml",
-                        dict(student_overrides, cache_dir=str(out / "teacher_cache")),
+                        dict(student_overrides, cache_dir=str(out / "teacher_cache"), cache_seed=seed),
                         ["teacher_gdso", *after_base["student"]], "student: RISD")
     # the baselines (lane B): the teacher-size ones at the cold start's + GDSO's steps, the student-size ones at RISD's
     teacher_budget = cold.steps + gdso.steps
@@ -283,7 +290,7 @@ def build_stages(out: Path, profile: DemoProfile | str, from_scratch: bool = Fal
     if cold.lr_scheduler not in ("constant", "constant_with_warmup"):
         raise ValueError(f"teacher_sft.lr_scheduler must be constant or constant_with_warmup (the SFT-only baseline "
                          f"continues the cold start's run for GDSO's steps), got {cold.lr_scheduler!r}")
-    values = {**common, "output_dir": str(out / "sft_only"), **eval_data, **dotted(p.teacher_sft),
+    values = {**common, "seed": seed, "output_dir": str(out / "sft_only"), **eval_data, **dotted(p.teacher_sft),
               "base": str(bases["teacher"]), "steps": teacher_budget, "save_every": teacher_budget}
     config = load_config(SFTConfig, TRAINING_CONFIGS / "teacher_sft_tiny.yaml", values)
     path = _write_config(configs / "sft_only.yaml", config)
@@ -442,6 +449,9 @@ def main(argv: list[str] | None = None) -> dict:
                      help=f"stage sizes: one of {sorted(PROFILES)} (recipes/profiles/demo*.yaml) or a YAML file of "
                           "the same keys (default: %(default)s)")
     run.add_argument("--sequential", action="store_true", help="one stage at a time (all threads each)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="training seed of every reward model (default: %(default)s); the bases, data, generator and "
+                          "DRaFT keep theirs. `python -m recipes.demo_tables` gathers runs of several seeds")
     run.add_argument("--from-scratch", action="store_true",
                      help="pretrain the base VLMs and the base generator inside the demo instead of starting from the "
                           "ones shipped in world/ (adds about an hour)")
@@ -456,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "profile.txt"
     kind = args.profile + (" --from-scratch" if args.from_scratch else "")
+    kind += f" --seed {args.seed}" if args.seed else ""
     if marker.exists() and marker.read_text().strip() != kind:
         held = marker.read_text().strip()
         raise SystemExit(f"--out {out} holds a `{held}` demo; its finished stages would be reused as if they were "
@@ -463,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
     marker.write_text(kind + "\n")
     started = time.perf_counter()
     try:
-        stages = build_stages(out, profile, from_scratch=args.from_scratch)
+        stages = build_stages(out, profile, from_scratch=args.from_scratch, seed=args.seed)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     stages, lanes = schedule(stages, args.sequential)

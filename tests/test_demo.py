@@ -274,3 +274,27 @@ def test_a_profile_vision_steps_replaces_the_models_own(tmp_path, monkeypatch):
     for profile, steps in (("quick", 40), ("demo", 1200), ("full", 750)):  # the teacher's stage 1
         config = yaml.safe_load((tmp_path / profile / "configs" / "base_teacher.yaml").read_text())
         assert config["models"]["teacher"].get("steps", config["steps"]) == steps, profile
+
+
+def test_seed_reaches_every_reward_model_and_no_other_stage(tmp_path):
+    configs = {}
+    for seed in (0, 3):
+        build_stages(tmp_path / str(seed), "demo", seed=seed)
+        configs[seed] = {p.stem: yaml.safe_load(p.read_text().replace(str(tmp_path / str(seed)), "OUT"))
+                         for p in (tmp_path / str(seed) / "configs").glob("*")}
+    for name in REWARD_STAGES:
+        assert configs[0][name]["seed"] == 0 and configs[3][name]["seed"] == 3, name
+        # nothing but the seed differs between the seeds
+        changed = {k for k in configs[0][name] if configs[0][name][k] != configs[3][name][k]}
+        assert changed <= {"seed", "cache_seed"}, (name, changed)
+    assert configs[3]["student_risd"]["cache_seed"] == 3 and configs[0]["student_risd"]["cache_seed"] == 0
+    # DRaFT's seed draws the prompt split the GSB's test prompts are disjoint from: it stays
+    assert configs[3]["draft"] == configs[0]["draft"] and configs[3]["draft"]["seed"] == 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="`seed`"):
+            build_stages(tmp_path / "bad", "quick", seed=bad)
+    # a run directory of one seed is not reused for another
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "profile.txt").write_text("demo\n")
+    with pytest.raises(SystemExit, match="--seed 2"):
+        main(["--profile", "demo", "--out", str(tmp_path / "run"), "--seed", "2"])
