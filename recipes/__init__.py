@@ -2,8 +2,8 @@
 
     python -m recipes.demo            # the whole method in miniature (`make demo`); profiles/demo*.yaml
     python -m recipes.teacher         # the teacher: cold-start SFT, then GDSO
-    python -m recipes.teacher_table   # the teacher table: SFT, GRPO, Bradley-Terry, RewardDance, GDSO at equal budget
-    python -m recipes.student_table   # the student table: RISD against its teacher and OPD, with RISD's ablations
+    python -m recipes.demo_tables     # the teacher, student and DRaFT tables over the seeds of demo runs
+    python -m recipes.student_table   # RISD's ablations and the CLIP-sized student on a demo run's teacher cache
     python -m recipes.world_bases     # the world's shipped models in world/ (`make world-bases`)
 
 `training/` trains reward models and `pipelines/` tunes generators, one entry point per job; a recipe only decides

@@ -118,8 +118,10 @@ def tables(numbers: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="finished demo runs (their --out), one per seed")
-    parser.add_argument("--out", default="runs/benchmarks/demo_tables",
+    source = parser.add_argument_group("Input")
+    source.add_argument("runs", nargs="+", help="finished demo runs (their --out), one per seed")
+    output = parser.add_argument_group("Output")
+    output.add_argument("--out", default="runs/benchmarks/demo_tables",
                         help="where tables.md and tables.json go (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

@@ -1,9 +1,11 @@
-"""The student table in miniature: held-out preference accuracy of the RISD student against its teacher and the OPD
-baseline (same student backbone, data and budget), over seeds, plus the RISD ablations (M ∈ {1, 4, 8}; without the
-gap term). The teacher cache is built once (M = 8) and shared: M = 1 and M = 4 average its first chains.
+"""The student table's ablations, on a `make demo` run: RISD with fewer teacher chains per input (M), RISD without the
+gap term, and the CLIP-sized student, each distilling that run's GDSO teacher from the run's own teacher cache (no new
+teacher sampling) with its RISD settings, data and steps. The run's RISD student (M = its cache's chains, gap term)
+is the reference row; RISD, OPD and the labels-only student over seeds are the demo's own rows
+(`python -m recipes.demo_tables`).
 
-    python -m recipes.student_table --config recipes/profiles/student_table.yaml   # the measured table
-    python -m recipes.student_table --teacher runs/my_teacher/gdso/model --seeds [0]
+    python -m recipes.student_table --demo runs/demo                  # after `make demo`
+    python -m recipes.student_table --demo runs/demo_seed1 --seed 1
 """
 
 from __future__ import annotations
@@ -15,77 +17,90 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-
 from training.config import check_at_least, load_config, parse_args
-from training.opd import OPDConfig, OPDTrainer
 from training.risd import RISDConfig, RISDTrainer
+from training.risd_clip import RISDClipConfig
+from training.risd_clip import train as train_clip
 from training.trainer import run_cached as run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
-VARIANTS = {
-    "risd": ("RISD (M = 8, gap term)", {}),
-    "opd": ("OPD baseline", None),
-    "risd_m1": ("RISD, M = 1", {"target_samples": 1}),
-    "risd_m4": ("RISD, M = 4", {"target_samples": 4}),
+VARIANTS = {  # name: (label, changes to the demo's RISD config; None: the CLIP-sized student)
+    "risd_m1": ("RISD, M = 1 (the first cached chain)", {"target_samples": 1}),
+    "risd_m2": ("RISD, M = 2 (the first two)", {"target_samples": 2}),
     "risd_no_gap": ("RISD without the gap term", {"gap_weight": 0.0}),
+    "clip": ("CLIP-sized student (tiny open_clip towers, a 9-level head per dimension)", None),
 }
+# what the CLIP-sized student takes from the demo's RISD config: the teacher, its cache and the data
+CLIP_SHARED = ("teacher", "cache_dir", "train_data", "eval_data", "num_samples", "teacher_temperature",
+               "teacher_max_new_tokens", "cache_chunk_size", "cache_seed", "groups_per_step", "gap_weight",
+               "human_weight", "huber_delta")
 
 
 @dataclass
 class StudentTableConfig:
-    """The student table: RISD against its teacher and OPD over seeds, and RISD's ablations."""
+    """RISD's ablations and the CLIP-sized student on a demo run's teacher and teacher cache."""
 
     help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
-        "Measurement": ("teacher", "seeds", "ablation_seeds", "steps"),
+        "Measurement": ("demo", "seed", "clip_steps"),
         "Output": ("out",),
     }
 
-    teacher: str = field(default="runs/teacher/gdso/model",
-                         metadata={"help": "the GDSO teacher (`python -m recipes.teacher`); its metrics.json beside"})
-    seeds: list = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds of RISD and OPD"})
-    ablation_seeds: list = field(default_factory=lambda: [0], metadata={"help": "seeds of the ablations"})
-    steps: int = field(default=400, metadata={"help": "training steps of every student"})
+    demo: str = field(default="runs/demo", metadata={"help": "a finished `python -m recipes.demo` run"})
+    seed: int = field(default=0, metadata={"help": "training seed of every student"})
+    clip_steps: int = field(default=600, metadata={"help": "steps of the CLIP-sized student (trained from scratch: "
+                                                           "its towers are not pretrained on the world)"})
     out: str = field(default="runs/benchmarks/student_table", metadata={"help": "runs and table.json"})
 
     def __post_init__(self):
-        check_at_least(self, 1, "steps")
-        for name in ("seeds", "ablation_seeds"):
-            seeds = getattr(self, name)
-            if not seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
-                raise ValueError(f"`{name}` must be a non-empty list of integers, got {seeds!r}")
+        check_at_least(self, 0, "seed")
+        check_at_least(self, 1, "clip_steps")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(StudentTableConfig, argv)
+    demo, out = Path(args.demo), Path(args.out)
+    source = demo / "configs" / "student_risd.yaml"
+    for path in (source, demo / "student_risd" / "metrics.json", demo / "teacher_gdso" / "metrics.json"):
+        if not path.exists():
+            raise SystemExit(f"error: `demo` must be a finished demo run; {path} is missing")
+    risd = load_config(RISDConfig, source)
     started = time.perf_counter()
-    teacher_metrics = json.loads((Path(args.teacher).parent / "metrics.json").read_text())
-    results = {name: [] for name in VARIANTS}
+    results = {}
     for name, (_, changes) in VARIANTS.items():
-        seeds = args.seeds if name in ("risd", "opd") else args.ablation_seeds
-        for seed in seeds:
-            overrides = {"teacher": args.teacher, "seed": seed, "steps": args.steps, "log_with": None,
-                         "output_dir": f"{args.out}/{name}/seed{seed}"}
-            if changes is None:
-                metrics = run(OPDTrainer, load_config(OPDConfig, CONFIGS / "student_opd_tiny.yaml", overrides))
-            else:  # every student seed distils the same teacher cache (its own `cache_seed`)
-                config = load_config(RISDConfig, CONFIGS / "student_risd_tiny.yaml", dict(overrides, **changes))
-                metrics = run(RISDTrainer, config)
-            results[name].append(metrics["preference_accuracy"])
-    teacher = teacher_metrics["preference_accuracy"]
-    lines = [f"Teacher (GDSO, `{args.teacher}`): {teacher:.3f}", "",
-             "| model | held-out preference accuracy (mean ± std) | per seed | vs teacher |", "|---|---:|---|---:|"]
+        output_dir = str(out / name / f"seed{args.seed}")
+        if changes is None:
+            shared = {key: getattr(risd, key) for key in CLIP_SHARED}
+            config = load_config(RISDClipConfig, CONFIGS / "student_risd_clip_tiny.yaml",
+                                 dict(shared, seed=args.seed, steps=args.clip_steps, output_dir=output_dir))
+            metrics_path = Path(output_dir) / "metrics.json"
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else train_clip(config)
+        else:
+            config = load_config(RISDConfig, source, dict(changes, seed=args.seed, output_dir=output_dir,
+                                                          log_with=None))
+            metrics = run(RISDTrainer, config)
+        results[name] = {"accuracy": metrics["preference_accuracy"], "per_dimension": metrics["per_dimension"],
+                         "steps": metrics["steps"]}
+    teacher = json.loads((demo / "teacher_gdso" / "metrics.json").read_text())["preference_accuracy"]
+    reference = json.loads((demo / "student_risd" / "metrics.json").read_text())
+    lines = [f"Demo run `{demo}`: its GDSO teacher {teacher:.3f}; the teacher cache holds M = {risd.num_samples} "
+             f"chains per input", "",
+             "| student | steps | held-out preference accuracy | vs teacher | vs the run's RISD student |",
+             "|---|---:|---:|---:|---:|",
+             f"| the run's RISD student (M = {risd.num_samples}, gap term) | {reference['steps']} | "
+             f"{reference['preference_accuracy']:.3f} | {100 * (reference['preference_accuracy'] - teacher):+.1f} pts "
+             "| – |"]
     for name, (label, _) in VARIANTS.items():
-        values = np.array(results[name])
-        std = values.std(ddof=1) if len(values) > 1 else 0.0
-        lines.append(f"| {label} | {values.mean():.3f} ± {std:.3f} | {', '.join(f'{v:.3f}' for v in values)} | "
-                     f"{100 * (values.mean() - teacher):+.1f} pts |")
+        value = results[name]["accuracy"]
+        lines.append(f"| {label} | {results[name]['steps']} | {value:.3f} | {100 * (value - teacher):+.1f} pts | "
+                     f"{100 * (value - reference['preference_accuracy']):+.1f} pts |")
     print("\n".join(lines))
     print(f"\nin {time.perf_counter() - started:.0f} s")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "table.json").write_text(json.dumps({"args": asdict(args), "teacher": teacher,
-                                                           "accuracy": results}, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    table = {"args": asdict(args), "teacher": teacher, "risd": reference["preference_accuracy"],
+             "num_samples": risd.num_samples, "results": results}
+    (out / "table.json").write_text(json.dumps(table, indent=2))
+    return table
 
 
 if __name__ == "__main__":

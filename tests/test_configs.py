@@ -69,15 +69,14 @@ def test_none_switches_the_tracker_off():
     assert SFTConfig(log_with="none").log_with is None and RewardFinetuneConfig(log_with="None").log_with is None
 
 
-@pytest.mark.parametrize("name", ["demo", "demo_quick", "demo_full", "teacher_table", "student_table"])
+@pytest.mark.parametrize("name", ["demo", "demo_quick", "demo_full", "student_table"])
 def test_recipe_profiles_load(name):
     """Every profile in recipes/profiles loads into its recipe's config class (the demo's stages are checked by
     their own config classes in tests/test_demo.py)."""
     from recipes.demo import DemoProfile
     from recipes.student_table import StudentTableConfig
-    from recipes.teacher_table import TeacherTableConfig
 
-    classes = {"teacher_table": TeacherTableConfig, "student_table": StudentTableConfig}
+    classes = {"student_table": StudentTableConfig}
     load_config(classes.get(name, DemoProfile), REPO / "recipes" / "profiles" / f"{name}.yaml")  # raises on a bad key
     assert sorted(path.stem for path in (REPO / "recipes" / "profiles").glob("*.yaml")) == sorted(
-        ["demo", "demo_quick", "demo_full", "teacher_table", "student_table"])
+        ["demo", "demo_quick", "demo_full", "student_table"])

@@ -298,3 +298,57 @@ def test_seed_reaches_every_reward_model_and_no_other_stage(tmp_path):
     (tmp_path / "run" / "profile.txt").write_text("demo\n")
     with pytest.raises(SystemExit, match="--seed 2"):
         main(["--profile", "demo", "--out", str(tmp_path / "run"), "--seed", "2"])
+
+
+def test_gdso_budget_in_segments_is_one_run_measured_on_the_way(quick_demo, tmp_path):
+    from benchmarks.gdso_budget import budget_curve
+    from benchmarks.gdso_budget import main as budget_main
+    from training.config import load_config
+    from training.gdso import GDSOConfig, GDSOTrainer
+
+    out, _ = quick_demo
+    demo_gdso = json.loads((out / "teacher_gdso" / "metrics.json").read_text())
+    first = demo_gdso["steps"]
+    points = budget_curve(out, [2 * first, first], tmp_path / "budget")
+    assert [p["steps"] for p in points] == [first, 2 * first]
+    # the first budget is the demo's own GDSO: the same number
+    assert points[0]["accuracy"] == demo_gdso["preference_accuracy"]
+    assert points[0]["lower"] <= points[0]["accuracy"] <= points[0]["upper"]
+    # the segmented run ends where one uninterrupted run of the last budget ends
+    segmented = json.loads((tmp_path / "budget" / "run" / "metrics.json").read_text())
+    config = load_config(GDSOConfig, out / "configs" / "teacher_gdso.yaml",
+                         {"output_dir": str(tmp_path / "whole"), "steps": 2 * first, "log_with": None,
+                          "save_every": 2 * first})
+    whole = GDSOTrainer(config).train()
+    assert segmented["eval_scores"] == whole["eval_scores"]
+    assert points[1]["accuracy"] == whole["preference_accuracy"]
+    # finished budgets are read back, not trained again; bad budgets are refused
+    result = budget_main(["--demo", str(out), "--steps", str(first), str(2 * first),
+                          "--out", str(tmp_path / "budget")])
+    assert [p["accuracy"] for p in result["points"]] == [p["accuracy"] for p in points]
+    assert set(result["references"]) == {"teacher_sft", "sft_only", "bradley_terry", "rewarddance"}
+    assert Path(result["figure"]).stat().st_size > 0
+    with pytest.raises(ValueError, match="`steps`"):
+        budget_curve(out, [0], tmp_path / "bad")
+    with pytest.raises(ValueError, match="`demo`"):
+        budget_curve(tmp_path, [1], tmp_path / "bad")
+
+
+def test_student_ablations_reuse_the_demo_runs_teacher_cache(quick_demo, tmp_path):
+    from recipes.student_table import VARIANTS
+    from recipes.student_table import main as table_main
+
+    out, _ = quick_demo
+    cache = out / "teacher_cache"
+    before = sorted((p.relative_to(cache), p.stat().st_mtime_ns) for p in cache.rglob("*") if p.is_file())
+    table = table_main(["--demo", str(out), "--clip_steps", "3", "--out", str(tmp_path / "table")])
+    after = sorted((p.relative_to(cache), p.stat().st_mtime_ns) for p in cache.rglob("*") if p.is_file())
+    assert before == after  # no teacher sampling: every student read the demo's cache
+    assert set(table["results"]) == set(VARIANTS)
+    assert table["risd"] == json.loads((out / "student_risd" / "metrics.json").read_text())["preference_accuracy"]
+    clip = json.loads((tmp_path / "table" / "clip" / "seed0" / "metrics.json").read_text())
+    assert clip["trainer"] == "risd_clip" and clip["steps"] == 3
+    risd_steps = yaml.safe_load((out / "configs" / "student_risd.yaml").read_text())["steps"]
+    assert all(table["results"][name]["steps"] == risd_steps for name in VARIANTS if name != "clip")
+    with pytest.raises(SystemExit, match="`demo`"):
+        table_main(["--demo", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])

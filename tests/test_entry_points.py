@@ -35,7 +35,8 @@ ENTRY_POINTS = {
     "benchmarks.scoring_throughput": ("Models", "Measurement"),
     "recipes.student_table": ("Measurement", "Output"),
     "benchmarks.synthetic_world": ("Measurement", "Output"),
-    "recipes.teacher_table": ("Measurement", "Output"),
+    "recipes.demo_tables": ("Input", "Output"),
+    "benchmarks.gdso_budget": ("Input", "Measurement", "Output"),
     "benchmarks.vision_stage_probe": ("Measurement", "Output"),
 }
 
