@@ -68,15 +68,16 @@ def budget_curve(demo: Path, steps: list[int], out: Path) -> list[dict]:
 
 def references(demo: Path) -> dict[str, dict]:
     """The demo's cold start, SFT-only and scalar baselines: accuracy, interval and steps."""
-    eval_data = load_config(GDSOConfig, demo / "configs" / "teacher_gdso.yaml").eval_data
+    from recipes.demo_report import accuracy_intervals
+
+    eval_groups = load_config(GDSOConfig, demo / "configs" / "teacher_gdso.yaml").eval_data["num_groups"]
+    intervals = accuracy_intervals(demo, eval_groups)
     found = {}
     for stage, _ in REFERENCES:
-        path = demo / stage / "metrics.json"
-        if path.exists():
-            metrics = json.loads(path.read_text())
-            interval = _interval(metrics, eval_data)
-            found[stage] = {"accuracy": metrics["preference_accuracy"], "lower": interval["lower"],
-                            "upper": interval["upper"], "steps": metrics["steps"]}
+        if stage in intervals:
+            metrics = json.loads((demo / stage / "metrics.json").read_text())
+            found[stage] = {"accuracy": metrics["preference_accuracy"], "lower": intervals[stage]["lower"],
+                            "upper": intervals[stage]["upper"], "steps": metrics["steps"]}
     return found
 
 
