@@ -40,7 +40,7 @@ constraints:
 mutants: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m tests.mutants
 
-# make demo: the whole method in miniature from the bases shipped in world/ (about 23 min here); make demo QUICK=1:
+# make demo: the whole method in miniature from the bases shipped in world/ (14-23 min here); make demo QUICK=1:
 # the same stages, tiny (a few minutes); FROM_SCRATCH=1 also pretrains the base VLMs and the generator first.
 DEMO_PROFILE := $(if $(filter 1,$(QUICK)),quick,demo)
 DEMO_OUT := runs/demo$(if $(filter 1,$(QUICK)),_quick)$(if $(filter 1,$(FROM_SCRATCH)),_scratch)

@@ -97,6 +97,8 @@ def figure(points: list[dict], refs: dict[str, dict], path: Path) -> Path:
             axis.axhline(refs[stage]["accuracy"], color=f"C{i + 1}", linestyle="--", linewidth=1,
                          label=f"{label} ({refs[stage]['steps']} steps)")
     axis.set_xscale("log")
+    axis.set_xticks(x, [str(n) for n in x])
+    axis.minorticks_off()
     axis.set_xlabel("GDSO steps after the cold start")
     axis.set_ylabel("held-out preference accuracy")
     axis.set_title("GDSO against its RL budget (one cold start)", fontsize=10)

@@ -1,6 +1,6 @@
 """The whole paper in miniature, on the embedded default: `make demo` (`make demo QUICK=1` for a smoke run).
 
-    python -m recipes.demo --out runs/demo                          # about 23 minutes on 2 CPU cores
+    python -m recipes.demo --out runs/demo                          # 13-21 minutes on 2 CPU cores
     python -m recipes.demo --out runs/demo_quick --profile quick    # a few minutes, numbers meaningless
     python -m recipes.demo --out runs/demo_scratch --from-scratch   # also pretrains the bases and the generator
     python -m recipes.demo --out runs/mine --profile my_profile.yaml
