@@ -62,6 +62,7 @@ def gather(runs: list[Path]) -> dict:
                              **{d: per_dimension.get(d) for d in DIMENSIONS}})
         rows[stage] = per_seed
     gsb = [json.loads((run / "report.json").read_text())["gsb"] for run in runs]
+    pooled = pooled_gsb([json.loads((run / "gsb.json").read_text()) for run in runs])
     draft = []
     for run in runs:
         evaluations = json.loads((run / "draft" / "metrics.json").read_text())["evaluations"]
@@ -73,7 +74,21 @@ def gather(runs: list[Path]) -> dict:
                       "best_oracle": best.get("eval_judge_score"), "base_reward": base["eval_expected_score"],
                       "best_reward": best["eval_expected_score"]})
     return {"profile": next(iter(profiles.values())), "runs": [str(r) for r in runs], "seeds": seeds,
-            "accuracy": rows, "gsb": gsb, "draft": draft}
+            "accuracy": rows, "gsb": gsb, "gsb_pooled": pooled, "draft": draft}
+
+
+def pooled_gsb(results: list[dict]) -> dict:
+    """The GSB of every seed's tuned generator against the base at once: all seeds' judgements, their interval from
+    a bootstrap over test prompts (a prompt's judgements of every seed are resampled together). The runs must have
+    judged the same prompts."""
+    from zreward_diffusers.metrics import gsb_with_ci
+
+    prompts = [result["prompts"] for result in results]
+    if any(p != prompts[0] for p in prompts):
+        raise ValueError("the runs' GSB judged different test prompts: they cannot be pooled")
+    judgements = [j for result in results for j in result["judgements"]]
+    pooled = gsb_with_ci(judgements, groups=[prompt for run_prompts in prompts for prompt in run_prompts])
+    return {key: pooled[key] for key in ("good", "same", "bad", "net", "net_lower", "net_upper")}
 
 
 def _row(label: str, per_seed: list[dict], reference: float | None = None) -> str:
@@ -111,9 +126,12 @@ def tables(numbers: dict) -> str:
         draft.append(f"| {seed} | {run['best_step']} | {oracle} | {run['base_reward']:.3f} → {run['best_reward']:.3f} "
                      f"| {gsb['net']:+.3f} | [{gsb['net_lower']:+.3f}, {gsb['net_upper']:+.3f}] |")
     net_mean, net_std = _mean_std([g["net"] for g in numbers["gsb"]])
-    draft += ["", f"GSB net over seeds: {net_mean:+.3f} ± {net_std:.3f}; intervals above 0 in "
+    pooled = numbers["gsb_pooled"]
+    draft += [f"| all seeds' judgements pooled | – | – | – | {pooled['net']:+.3f} | "
+              f"[{pooled['net_lower']:+.3f}, {pooled['net_upper']:+.3f}] |",
+              "", f"GSB net over seeds: {net_mean:+.3f} ± {net_std:.3f}; intervals above 0 in "
                   f"{sum(g['net_lower'] > 0 for g in numbers['gsb'])} of {len(numbers['gsb'])} seeds"]
-    return "\n".join(["\n".join(teacher), "\n".join(student), "\n".join(draft)]).replace("\n\n\n", "\n\n")
+    return "\n\n".join(["\n".join(teacher), "\n".join(student), "\n".join(draft)])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,8 +11,11 @@ from recipes.demo_report import STUDENT_ROWS, TEACHER_ROWS
 from recipes.demo_tables import gather, main, tables
 from zreward_diffusers.synthetic.world import DIMENSIONS
 
+PROMPTS = ["one red circle", "one red circle", "two blue squares", "two blue squares"]
 
-def fake_run(path: Path, seed: int, accuracy: dict[str, float], net: float, profile: str = "demo") -> Path:
+
+def fake_run(path: Path, seed: int, accuracy: dict[str, float], net: float, profile: str = "demo",
+             judgements: list[int] = (1, 0, 0, -1), prompts: list[str] = PROMPTS) -> Path:
     """A finished demo run as the stages write it (only what the tables read)."""
     path.mkdir(parents=True)
     (path / "profile.txt").write_text(profile + (f" --seed {seed}" if seed else "") + "\n")
@@ -28,6 +31,7 @@ def fake_run(path: Path, seed: int, accuracy: dict[str, float], net: float, prof
         {"step": 100, "eval_expected_score": 3.6, "eval_judge_score": 2.6}]}))
     gsb = {"net": net, "net_lower": net - 0.1, "net_upper": net + 0.1}
     (path / "report.json").write_text(json.dumps({"gsb": gsb}))
+    (path / "gsb.json").write_text(json.dumps({"judgements": list(judgements), "prompts": list(prompts)}))
     return path
 
 
@@ -50,6 +54,26 @@ def test_tables_hold_the_mean_and_sample_std_over_seeds(tmp_path):
     # DRaFT: the best step by the oracle (50), base → kept
     assert "| 1 | 50 | 2.500 → 2.700 | 3.000 → 3.400 | +0.050 | [-0.050, +0.150] |" in text
     assert "GSB net over seeds: +0.050 ± 0.150; intervals above 0 in 1 of 3 seeds" in text
+
+
+def test_pooled_gsb_counts_every_seeds_judgements_and_resamples_whole_prompts(tmp_path):
+    from zreward_diffusers.metrics import gsb_with_ci
+
+    seeds = [[1, 1, 0, -1], [1, 0, 0, -1], [-1, 0, 1, 1]]
+    runs = [fake_run(tmp_path / f"s{i}", i, {}, 0.0, judgements=j) for i, j in enumerate(seeds)]
+    pooled = gather(runs)["gsb_pooled"]
+    # by hand: 5 good, 4 same, 3 bad of 12
+    assert (pooled["good"], pooled["same"], pooled["bad"]) == pytest.approx((5 / 12, 4 / 12, 3 / 12))
+    assert pooled["net"] == pytest.approx(2 / 12)
+    # the interval of a bootstrap whose units are the two prompts, each with its six judgements of the three seeds
+    flat = [j for run in seeds for j in run]
+    expected = gsb_with_ci(flat, groups=PROMPTS * 3)
+    assert (pooled["net_lower"], pooled["net_upper"]) == (expected["net_lower"], expected["net_upper"])
+    per_image = gsb_with_ci(flat, groups=list(range(12)))
+    assert (per_image["net_lower"], per_image["net_upper"]) != (expected["net_lower"], expected["net_upper"])
+    other = fake_run(tmp_path / "other", 5, {}, 0.0, prompts=["x", "x", "y", "y"])
+    with pytest.raises(ValueError, match="different test prompts"):
+        gather([runs[0], other])
 
 
 def test_runs_of_other_profiles_repeated_seeds_or_unfinished_are_refused(tmp_path):
