@@ -155,6 +155,17 @@ MUTANTS = (
            "    result = metrics.bootstrap_ci(accuracy, credit, groups, num_resamples, confidence, seed)\n",
            "    result = metrics.bootstrap_ci(accuracy, credit, None, num_resamples, confidence, seed)\n",
            ("tests/test_evaluation.py",)),
+    Mutant("score_output_reward_ignores_kappa_and_normalisation", "zreward_diffusers/loss.py",
+           "        return replace(output, reward=self._shape(output, update=False))\n", "        return output\n",
+           ("tests/test_clients.py",)),
+    Mutant("reward_fn_reads_unit_images_as_minus_one_to_one", "zreward_diffusers/loss.py",
+           'reward, output = self._reward_of_unit(to_unit_range(images, "0,1"), _prompt_list(prompts))',
+           'reward, output = self._reward_of_unit(self._unit_images(images), _prompt_list(prompts))',
+           ("tests/test_clients.py",)),
+    Mutant("batch_scoring_moves_the_running_statistics", "zreward_diffusers/loss.py",
+           "            parts.append((self._shape(output, update=False), output.expected))\n",
+           "            parts.append((self._shape(output), output.expected))\n",
+           ("tests/test_clients.py",)),
 )
 
 

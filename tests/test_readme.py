@@ -27,3 +27,14 @@ def test_quickstart_runs(monkeypatch, capsys):
     exec(compile(code, "README", "exec"), namespace)
     assert namespace["decoded"].grad is not None and namespace["decoded"].grad.abs().sum() > 0
     assert "torch.Size([2, 4, 9])" in capsys.readouterr().out
+
+
+def test_clients_snippet_runs(monkeypatch, capsys):
+    """The README's snippet for TRL's AlignProp / DDPO, GRPO-family trainers and imscore runs as written."""
+    monkeypatch.chdir(README.parent)
+    block = re.search(r"<!-- clients:start -->\s*```python\n(.*?)```\s*<!-- clients:end -->", README.read_text(), re.S)
+    assert block, "README clients block not found"
+    namespace = {}
+    exec(compile(block.group(1), "README", "exec"), namespace)
+    assert namespace["rewards"].shape == (2,) and set(namespace["metadata"]) == {"expected", "std"}
+    assert set(namespace["scores"]) == {"reward", "alignment", "aesthetics", "realism", "physical_plausibility"}

@@ -27,6 +27,7 @@ import logging
 import math
 import numbers
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -151,35 +152,119 @@ class ZRewardLoss(nn.Module):
     # ------------------------------------------------------------------------------------------------ scoring
     def score(self, images, prompts: list[str], dimensions=None, reasoning=None) -> ScoreOutput:
         """Score distributions for logging: tensors take the differentiable path (checked as in `forward`); PIL
-        images and uint8 arrays `(H, W, 3)` / `(B, H, W, 3)` take the official processor path, no gradient."""
+        images and uint8 arrays `(H, W, 3)` / `(B, H, W, 3)` take the official processor path, no gradient. The
+        output's `reward` is this loss's reward R (its `kappa` and normalisation; the running statistics are read,
+        never updated here)."""
         dimensions = self.dimensions if dimensions is None else dimensions
         if isinstance(images, torch.Tensor):
             unit = self._unit_images(images)
             prompts = check_prompt_list(prompts, unit.shape[0])
-            return self.scorer(unit, prompts, dimensions=dimensions, reasoning=reasoning)
-        return self.scorer.score_pil(images, prompts, dimensions=dimensions, reasoning=reasoning)
+            output = self.scorer(unit, prompts, dimensions=dimensions, reasoning=reasoning)
+        else:
+            output = self.scorer.score_pil(images, prompts, dimensions=dimensions, reasoning=reasoning)
+        return replace(output, reward=self._shape(output, update=False))
 
     def reward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """The shaped reward R `(B,)` of float images, differentiable with respect to `images`."""
+        """The reward R `(B,)` of float images (module docstring: κ, normalisation), differentiable with respect to
+        `images`; the loss is −R (or ReLU(margin − R)). `ScoreOutput.reward` of this loss's outputs is the same R."""
         return self.reward_with_scores(images, prompts)[0]
 
     def reward_with_scores(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, ScoreOutput]:
-        """`(R, score output)` from one forward pass: the shaped reward `(B,)` and the distributions behind it
-        (for logging μ and σ of every dimension without scoring twice)."""
-        unit = self._unit_images(images)
+        """`(R, score output)` from one forward pass: the reward `(B,)` and the distributions behind it (for logging
+        μ and σ of every dimension without scoring twice; the output's `reward` is R)."""
+        return self._reward_of_unit(self._unit_images(images), prompts)
+
+    def _reward_of_unit(self, unit: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, ScoreOutput]:
         prompts = check_prompt_list(prompts, unit.shape[0])
         output = self.scorer(unit, prompts, dimensions=self.dimensions)
-        return self._shape(output), output
+        reward = self._shape(output)
+        return reward, replace(output, reward=reward)
 
-    def _shape(self, output: ScoreOutput) -> torch.Tensor:
-        index = torch.tensor([self.rubric.dimension_index(d) for d in self.dimensions], device=output.expected.device)
+    # ------------------------------------------------------------------------------------------------ clients
+    def as_reward_fn(self):
+        """This reward with the call convention of TRL's AlignProp and DDPO trainers (and the trainers built on
+        them): `rewards, metadata = reward_fn(images, prompts, prompt_metadata)`.
+
+        `images` are float `(B, 3, H, W)` in [0, 1] whatever this loss's `image_range` (what a diffusers pipeline
+        returns with `output_type="pt"`), any float dtype (bf16 included); `prompts` a list or tuple of strings;
+        `prompt_metadata` is accepted and not read. `rewards` is R `(B,)` in float32, differentiable with respect to
+        `images` when they require grad (AlignProp backpropagates through it); `metadata` holds each dimension's
+        expected score and std, detached: `{"expected": {dimension: (B,)}, "std": {dimension: (B,)}}`.
+
+        >>> import torch
+        >>> from zreward_diffusers.testing import build_tiny_scorer
+        >>> reward_fn = ZRewardLoss(build_tiny_scorer("qwen2_vl")).as_reward_fn()
+        >>> rewards, metadata = reward_fn(torch.rand(2, 3, 56, 56), ("a red circle", "two stars"), ({}, {}))
+        >>> rewards.shape, sorted(metadata["expected"])[:2]
+        (torch.Size([2]), ['aesthetics', 'alignment'])
+        """
+        def reward_fn(images, prompts, prompt_metadata=None):
+            check_image_tensor(images, "0,1")
+            reward, output = self._reward_of_unit(to_unit_range(images, "0,1"), _prompt_list(prompts))
+            metadata = {key: {d: values[:, i].detach() for i, d in enumerate(output.dimensions)}
+                        for key, values in (("expected", output.expected), ("std", output.std))}
+            return reward.float(), metadata
+
+        return reward_fn
+
+    @torch.no_grad()
+    def score_batch(self, images, prompts, batch_size: int = 32) -> dict[str, torch.Tensor]:
+        """No-gradient scores of a batch, as GRPO-family trainers (Flow-GRPO, DanceGRPO, Flow-Factory style) call a
+        reward: `{"reward": R (B,), <dimension>: expected score μ (B,) for each dimension}`, float32 on the CPU.
+
+        `images`: a list of PIL images, a uint8 array `(B, H, W, 3)` (both through the official processor, as
+        `score` reads them), a uint8 tensor `(B, 3, H, W)` or `(B, H, W, 3)`, or a float tensor `(B, 3, H, W)` in
+        [0, 1]; scored `batch_size` images at a time. R is this loss's reward (`reward`); the running statistics of
+        `normalize` are read, never updated here.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+        prompts = _prompt_list(prompts)
+        if isinstance(images, torch.Tensor):
+            unit = _unit_batch(images)
+            count = unit.shape[0]
+        else:
+            from .image_inputs import to_pil_images
+
+            unit = to_pil_images(images)
+            count = len(unit)
+        prompts = check_prompt_list(prompts, count)
+        parts = []
+        for start in range(0, count, batch_size):
+            chunk, chunk_prompts = unit[start:start + batch_size], prompts[start:start + batch_size]
+            if isinstance(chunk, torch.Tensor):
+                output = self.scorer(chunk, chunk_prompts, dimensions=self.dimensions)
+            else:
+                output = self.scorer.score_pil(chunk, chunk_prompts, dimensions=self.dimensions)
+            parts.append((self._shape(output, update=False), output.expected))
+        reward = torch.cat([r for r, _ in parts]).float().cpu()
+        expected = torch.cat([e for _, e in parts]).float().cpu()
+        return {"reward": reward, **{d: expected[:, i] for i, d in enumerate(self.dimensions)}}
+
+    def as_imscore(self) -> ImscoreScorer:
+        """This reward behind imscore's interface: `scorer.score(pixels, prompts)` → R `(B,)`, pixels float
+        `(B, 3, H, W)` in [0, 1], differentiable."""
+        return ImscoreScorer(self)
+
+    def _shape(self, output: ScoreOutput, update: bool = True) -> torch.Tensor:
+        """R of `output` (eq. 15, module docstring) over its dimensions; `update`: advance the running statistics
+        of `normalize` with this batch (the reward path) or only read them (logging, no-grad scoring)."""
+        index = torch.tensor([self.rubric.dimension_index(d) for d in output.dimensions],
+                             device=output.expected.device)
         weights = self.scorer.dimension_weights[index]
         weights = weights / weights.sum()
         levels = self.scorer.levels
         if self.normalize:
-            self._update_running_stats(output.expected)
-            scale = (self.running_var + 1e-6).sqrt()
-            centred = (output.expected - self.running_mean) / scale
+            missing = [d for d in output.dimensions if d not in self.dimensions]
+            if missing:
+                raise ValueError(f"`dimensions` {missing} have no running statistics in this loss (normalize=True; "
+                                 f"its dimensions: {list(self.dimensions)})")
+            if update:
+                self._update_running_stats(output.expected)
+            stats = torch.tensor([self.dimensions.index(d) for d in output.dimensions],
+                                 device=self.running_mean.device)
+            scale = (self.running_var[stats] + 1e-6).sqrt()
+            centred = (output.expected - self.running_mean[stats]) / scale
             spread = output.std / scale
         else:
             span = levels[-1] - levels[0]
@@ -323,6 +408,39 @@ class ZRewardLoss(nn.Module):
             loss.running_var.copy_(torch.tensor(running["running_var"]))
             loss.num_batches_tracked.fill_(running["num_batches_tracked"])
         return loss if device is None else loss.to(device)
+
+
+class ImscoreScorer(nn.Module):
+    """A `ZRewardLoss` behind imscore's interface (`score(pixels, prompts)`, pixels in [0, 1]): `as_imscore()`."""
+
+    def __init__(self, loss: ZRewardLoss):
+        super().__init__()
+        self.loss = loss
+
+    def score(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """R `(B,)` of float pixels `(B, 3, H, W)` in [0, 1], differentiable with respect to them."""
+        check_image_tensor(pixels, "0,1")
+        return self.loss._reward_of_unit(to_unit_range(pixels, "0,1"), _prompt_list(prompts))[0]
+
+    forward = score
+
+
+def _prompt_list(prompts) -> list[str]:
+    """Clients pass prompts as a list or a tuple (TRL's trainers: a tuple); anything else is refused later."""
+    return list(prompts) if isinstance(prompts, tuple) else prompts
+
+
+def _unit_batch(images: torch.Tensor) -> torch.Tensor:
+    """A uint8 `(B, 3, H, W)` / `(B, H, W, 3)` or float `(B, 3, H, W)` [0, 1] tensor as float `(B, 3, H, W)` in
+    [0, 1] (float input checked as `forward` checks it)."""
+    if images.dtype == torch.uint8:
+        if images.ndim != 4 or 3 not in (images.shape[1], images.shape[-1]):
+            raise ValueError(f"uint8 `images` must be (B, 3, H, W) or (B, H, W, 3), got shape {tuple(images.shape)}")
+        if images.shape[1] != 3:
+            images = images.permute(0, 3, 1, 2)
+        return images.float() / 255.0
+    check_image_tensor(images, "0,1")
+    return to_unit_range(images, "0,1")
 
 
 def _finite(name: str, value) -> float:

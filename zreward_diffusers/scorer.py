@@ -60,7 +60,10 @@ class ScoreOutput:
         expected: `(B, D)` expected score μ = Σ p_k v_k, in level units (e.g. 1.0–5.0).
         std: `(B, D)` standard deviation of the score distribution.
         entropy: `(B, D)` entropy in nats.
-        reward: `(B,)` weighted mean over dimensions of the normalised expectation (μ − v_1) / (v_K − v_1).
+        reward: `(B,)` the reward R. From `ZRewardScorer`: the weighted mean over dimensions of the normalised
+            expectation (μ − v_1) / (v_K − v_1), i.e. R without uncertainty aversion or running normalisation; from
+            `ZRewardLoss` (`score`, `reward_with_scores`): that loss's R, `ZRewardLoss.reward`, with its `kappa` and
+            `normalize` (the two agree when those are off).
         score_token_mass: `(B, D)` full-vocabulary probability mass on the K score tokens (template adherence).
         logits: `(B, D, K)` raw logits of the score tokens.
         dimensions: dimension names, in the order of axis 1.
