@@ -201,6 +201,22 @@ def _check_loaded_keys(where: str, missing, unexpected, mismatched=(), errors=()
         raise ValueError(f"{where} does not match the model it configures: " + "; ".join(problems))
 
 
+def zero_shot_config(checkpoint_dir: Path) -> dict | None:
+    """The Z-Reward config under which a plain transformers VLM directory (its `config.json`, no `zreward_config.json`)
+    is read zero-shot: the default rubric, whose score tokens the model's next-token distribution is read at
+    (Q-Align-style); None for a directory that is a Z-Reward checkpoint or holds no `config.json`."""
+    from .rubric import Rubric
+
+    path = checkpoint_dir / BACKBONE_CONFIG_NAME
+    if (checkpoint_dir / CONFIG_NAME).is_file() or not path.is_file():
+        return None
+    model_type = read_json_object(path).get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError(f"{str(path)!r} names no `model_type`: not a transformers checkpoint")
+    return {"format_version": FORMAT_VERSION, "family": model_type,
+            "backbone": {"type": "full", "model_type": model_type}, "rubric": Rubric().to_dict()}
+
+
 def read_config(checkpoint_dir: Path) -> dict:
     """Read and check `zreward_config.json`: every field's type and value (a ValueError names the file and the
     field); refuse pickle-only directories with a clear error."""

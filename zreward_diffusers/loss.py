@@ -41,6 +41,7 @@ from .checkpoint import (
     resolve_checkpoint,
     save_backbone,
     write_config,
+    zero_shot_config,
 )
 from .image_inputs import check_image_range, check_image_tensor, check_prompt_list, to_unit_range
 from .rubric import Rubric
@@ -379,9 +380,15 @@ class ZRewardLoss(nn.Module):
         """Load a checkpoint directory or hub repo id; `overrides` replace saved reward settings (e.g. `kappa`).
 
         `torch_dtype` sets the backbone's dtype (scores are always soft-maxed in float32); `device` moves it.
+
+        A plain transformers VLM of a supported family (a directory or hub id without `zreward_config.json`, e.g. an
+        instruct Qwen2.5-VL, Qwen3-VL or Gemma 3) loads too, untrained: its next-token distribution is read at the
+        default rubric's score tokens (zero-shot, as Q-Align reads a rating), with a warning that says so and the
+        probability mass it puts on those tokens for a blank image (`ScoreOutput.score_token_mass` per input).
         """
         directory = resolve_checkpoint(pretrained_model_name_or_path, revision=revision, token=token)
-        config = read_config(directory)
+        zero_shot = zero_shot_config(directory)
+        config = zero_shot if zero_shot is not None else read_config(directory)
         if config.get("family") == "open_clip":
             from .clip_student import ClipStudentScorer
 
@@ -407,7 +414,25 @@ class ZRewardLoss(nn.Module):
             loss.running_mean.copy_(torch.tensor(running["running_mean"]))
             loss.running_var.copy_(torch.tensor(running["running_var"]))
             loss.num_batches_tracked.fill_(running["num_batches_tracked"])
-        return loss if device is None else loss.to(device)
+        loss = loss if device is None else loss.to(device)
+        if zero_shot is not None:
+            mass = loss.blank_score_token_mass()
+            logger.warning(
+                "%s is a plain %s checkpoint, not a trained Z-Reward: it is read zero-shot at the default rubric's "
+                "score tokens %s (untrained; train it with the teacher / student recipes for a real reward). On a "
+                "blank image it puts %.3f of its next-token probability on those tokens (1.0: it answers in the "
+                "rubric's format).", directory, config["family"], list(scorer.rubric.score_tokens), mass,
+            )
+        return loss
+
+    @torch.no_grad()
+    def blank_score_token_mass(self) -> float:
+        """Mean probability mass (over dimensions) on the score tokens for a mid-grey 56-pixel image and a generic
+        prompt: how well the backbone follows the rubric's answer format."""
+        device = self.running_mean.device
+        grey = torch.full((1, 3, 56, 56), 0.5, device=device)
+        output = self.scorer(grey, ["a photo"], dimensions=self.dimensions)
+        return float(output.score_token_mass.mean())
 
 
 class ImscoreScorer(nn.Module):
