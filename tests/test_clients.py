@@ -4,11 +4,12 @@ batch scoring, imscore's `score(pixels, prompts)`; and one meaning of "reward" a
 import numpy as np
 import pytest
 import torch
-from helpers import random_images, sharp_scorer
+from helpers import REPO, random_images, sharp_scorer
 from PIL import Image
 
 from zreward_diffusers import ZRewardLoss
 
+WORLD = REPO / "world"
 PROMPTS = ["two red circles on a blue background", "a yellow square", "three green stars", "a purple triangle"]
 
 
@@ -133,3 +134,35 @@ def test_imscore_style_score_is_the_reward_of_unit_pixels(scorer):
     scores.sum().backward()
     torch.testing.assert_close(scores.detach(), loss_fn.reward(pixels.detach() * 2 - 1, PROMPTS[:2]))
     assert pixels.grad.abs().sum() > 0
+
+
+def test_trl_alignprop_trains_a_lora_with_the_reward_fn_in_bf16(tmp_path):
+    """TRL's own AlignPropTrainer (trl 0.23, the last release that has it), bf16 mixed precision on the CPU, the
+    world's tiny SD pipeline and its trained student through `as_reward_fn()`: the LoRA trains, and every reward it
+    sees is the loss's R for those images."""
+    from accelerate import PartialState
+    from trl import AlignPropConfig, AlignPropTrainer, DefaultDDPOStableDiffusionPipeline
+
+    PartialState()  # TRL's pipeline logs through accelerate before its trainer creates the state
+    loss_fn = ZRewardLoss.from_pretrained(WORLD / "student_risd")
+    reward_fn = loss_fn.as_reward_fn()
+    seen = []
+
+    def recording_reward_fn(images, prompts, prompt_metadata):
+        rewards, metadata = reward_fn(images, prompts, prompt_metadata)
+        seen.append((images.detach().float().clone(), list(prompts), rewards.detach().clone(), images.dtype))
+        return rewards, metadata
+
+    pipeline = DefaultDDPOStableDiffusionPipeline(str(WORLD / "generator"), use_lora=True)
+    config = AlignPropConfig(num_epochs=2, train_batch_size=2, sample_num_steps=4, truncated_backprop_rand=False,
+                             truncated_backprop_timestep=2, sample_guidance_scale=3.0, mixed_precision="bf16",
+                             log_with=None, save_freq=100, project_kwargs={"project_dir": str(tmp_path)})
+    trainer = AlignPropTrainer(config, recording_reward_fn, lambda: (PROMPTS[len(seen) % 2], {}), pipeline)
+    lora = {name: p.detach().clone() for name, p in pipeline.unet.named_parameters() if p.requires_grad}
+    trainer.train()
+    trained = dict(pipeline.unet.named_parameters())
+    assert lora and all("lora" in name for name in lora)
+    assert all(not torch.equal(lora[name], trained[name].detach()) for name in lora)
+    assert [dtype for *_, dtype in seen] == [torch.bfloat16, torch.bfloat16]  # bf16 images reached the reward
+    for images, prompts, rewards, _ in seen:
+        torch.testing.assert_close(rewards, loss_fn.reward(images * 2 - 1, prompts), atol=2e-2, rtol=0)
