@@ -136,7 +136,22 @@ def test_imscore_style_score_is_the_reward_of_unit_pixels(scorer):
     assert pixels.grad.abs().sum() > 0
 
 
-def test_trl_alignprop_trains_a_lora_with_the_reward_fn_in_bf16(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """TRL's trainer leaves accelerate's process-wide state in bf16 mixed precision; later in-process trainers of
+    this test session would inherit it. Reset it before and after."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def reset():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    reset()
+    yield
+    reset()
+
+
+def test_trl_alignprop_trains_a_lora_with_the_reward_fn_in_bf16(tmp_path, fresh_accelerate_state):
     """TRL's own AlignPropTrainer (trl 0.23, the last release that has it), bf16 mixed precision on the CPU, the
     world's tiny SD pipeline and its trained student through `as_reward_fn()`: the LoRA trains, and every reward it
     sees is the loss's R for those images."""
