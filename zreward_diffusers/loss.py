@@ -175,6 +175,12 @@ class ZRewardLoss(nn.Module):
         μ and σ of every dimension without scoring twice; the output's `reward` is R)."""
         return self._reward_of_unit(self._unit_images(images), prompts)
 
+    def _reward_of_pixels(self, pixels: torch.Tensor, prompts) -> tuple[torch.Tensor, ScoreOutput]:
+        """`_reward_of_unit` of float pixels in [0, 1] whatever `image_range` (the clients' convention), prompts
+        as a list or a tuple."""
+        check_image_tensor(pixels, "0,1")
+        return self._reward_of_unit(to_unit_range(pixels, "0,1"), _prompt_list(prompts))
+
     def _reward_of_unit(self, unit: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, ScoreOutput]:
         prompts = check_prompt_list(prompts, unit.shape[0])
         output = self.scorer(unit, prompts, dimensions=self.dimensions)
@@ -200,8 +206,7 @@ class ZRewardLoss(nn.Module):
         (torch.Size([2]), ['aesthetics', 'alignment'])
         """
         def reward_fn(images, prompts, prompt_metadata=None):
-            check_image_tensor(images, "0,1")
-            reward, output = self._reward_of_unit(to_unit_range(images, "0,1"), _prompt_list(prompts))
+            reward, output = self._reward_of_pixels(images, prompts)
             metadata = {key: {d: values[:, i].detach() for i, d in enumerate(output.dimensions)}
                         for key, values in (("expected", output.expected), ("std", output.std))}
             return reward.float(), metadata
@@ -444,8 +449,7 @@ class ImscoreScorer(nn.Module):
 
     def score(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """R `(B,)` of float pixels `(B, 3, H, W)` in [0, 1], differentiable with respect to them."""
-        check_image_tensor(pixels, "0,1")
-        return self.loss._reward_of_unit(to_unit_range(pixels, "0,1"), _prompt_list(prompts))[0]
+        return self.loss._reward_of_pixels(pixels, prompts)[0]
 
     forward = score
 
