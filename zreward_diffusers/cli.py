@@ -1,8 +1,10 @@
-"""The `zreward` command line: `create-tiny`, `score` and `eval`.
+"""The `zreward` command line: `create-tiny`, `score`, `eval` and `bench`.
 
     zreward create-tiny DIR [--family qwen2_vl] [--seed 0] [--overwrite]
     zreward score --model DIR --prompt "two red circles" image1.png image2.png
     zreward eval --model DIR --data DATASET_DIR [--out REPORT_DIR]
+    zreward bench --model DIR --data hpdv2=HPDv2/test.json --data pickapic=pickapic_v2/test_unique \
+        [--validation pickapic=pickapic_v2/validation_unique] [--out REPORT_DIR]
 
 A user error (a bad argument, a missing file or checkpoint, an unreadable image, input the model refuses) is one
 line on stderr, `zreward: error: ...`, and exit status 2; a traceback means a bug.
@@ -124,6 +126,72 @@ def _eval(args) -> int:
     return 0
 
 
+def _named_paths(values: list[str] | None, option: str) -> dict[str, str]:
+    """`NAME=PATH` arguments as a dict; a malformed or repeated name is a user error."""
+    from .bench import BENCHMARKS
+
+    named = {}
+    for value in values or []:
+        name, equals, path = value.partition("=")
+        if not equals or not name or not path:
+            raise UserError(f"{option} takes NAME=PATH, got {value!r}")
+        if name not in BENCHMARKS:
+            raise UserError(f"{option} {value!r}: unknown benchmark {name!r}; the benchmarks are "
+                            f"{', '.join(BENCHMARKS)}")
+        if name in named:
+            raise UserError(f"{option} names {name!r} twice")
+        named[name] = path
+    return named
+
+
+def _local_copy(path: str, option: str):
+    """A file or a `datasets.save_to_disk` directory (read with `datasets.load_from_disk`)."""
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise UserError(f"{option} {path!r}: no such file or directory")
+    if location.is_dir():
+        from .optional import import_optional
+
+        datasets = import_optional("datasets")
+        try:
+            loaded = datasets.load_from_disk(str(location))
+        except FileNotFoundError as error:
+            raise UserError(f"{option} {path!r} is a directory but not one saved by `datasets`: "
+                            f"{_first_line(error)}") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            raise UserError(f"{option} {path!r} holds the splits {sorted(loaded)}: name one split's directory")
+        return loaded
+    return str(location)
+
+
+def _bench(args) -> int:
+    from .bench import bench_table, run_benchmarks, write_bench
+
+    sources = _named_paths(args.data, "--data")
+    if not sources:
+        raise UserError("give at least one --data NAME=PATH")
+    validation = _named_paths(args.validation, "--validation")
+    roots = _named_paths(args.root, "--root")
+    for option, named in (("--validation", validation), ("--root", roots)):
+        stray = sorted(set(named) - set(sources))
+        if stray:
+            raise UserError(f"{option} names {', '.join(stray)} with no --data")
+    loaded = {name: _local_copy(path, "--data") for name, path in sources.items()}
+    held = {name: _local_copy(path, "--validation") for name, path in validation.items()}
+    for name, path in roots.items():
+        if not Path(path).expanduser().is_dir():
+            raise UserError(f"--root {name}={path!r}: no such directory")
+    loss_fn = _load_model(args.model, args.device)
+    results = run_benchmarks(loss_fn, loaded, validation=held, roots=roots, batch_size=args.batch_size,
+                             verify_images=not args.no_verify_images)
+    out = Path(args.out) if args.out else Path("runs") / "bench" / Path(args.model).name
+    paths = write_bench(results, out)
+
+    sys.stdout.write(bench_table(results))
+    sys.stdout.write(json.dumps({key: str(path) for key, path in paths.items()}) + "\n")
+    return 0
+
+
 def _first_groups(dataset, limit: int):
     """The records of the first groups, up to `limit` records, with their pairs."""
     kept, groups = [], set()
@@ -183,6 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     output = evaluate.add_argument_group("Output")
     output.add_argument("--out", default=None, help="report directory (default runs/eval/<model name>)")
     evaluate.set_defaults(func=_eval)
+
+    about = "public benchmarks, each with its own rule (pair accuracy, ties, calibration): one table"
+    bench = commands.add_parser("bench", help=about, description=about + ". The benchmarks: hpdv2, hpdv3, "
+                                "imagereward, pickapic, genai_bench, richhf, evalmuse (docs/datasets.md).")
+    _model_arguments(bench)
+    inputs = bench.add_argument_group("Input")
+    inputs.add_argument("--data", action="append", metavar="NAME=PATH",
+                        help="a benchmark's local copy: a json/jsonl/csv/parquet file or a `datasets` split saved "
+                             "with save_to_disk (repeat for several benchmarks)")
+    inputs.add_argument("--validation", action="append", metavar="NAME=PATH",
+                        help="the validation split that sets a benchmark's tie threshold (pickapic)")
+    inputs.add_argument("--root", action="append", metavar="NAME=DIR",
+                        help="where a benchmark's relative image paths resolve (default: its file's folder)")
+    inputs.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    inputs.add_argument("--no-verify-images", action="store_true",
+                        help="only check that image files exist (default: decode each first)")
+    output = bench.add_argument_group("Output")
+    output.add_argument("--out", default=None, help="results directory (default runs/bench/<model name>)")
+    bench.set_defaults(func=_bench)
     return parser
 
 
