@@ -24,6 +24,7 @@ import torch
 __all__ = [
     "brier_score",
     "check_distribution",
+    "conditional_value_at_risk",
     "check_label_index",
     "check_levels",
     "earth_movers_distance",
@@ -32,10 +33,13 @@ __all__ = [
     "gaussian_soft_target",
     "histogram_soft_target",
     "kl_divergence",
+    "lower_quantile",
     "negative_log_likelihood",
     "normalized_reward",
     "preference_probability",
     "score_std",
+    "soft_minimum",
+    "tail_probability",
 ]
 
 Reduction = Literal["none", "mean", "sum"]
@@ -268,6 +272,128 @@ def preference_probability(probs_a: torch.Tensor, probs_b: torch.Tensor) -> torc
     probs_b = probs_b.to(device=probs_a.device, dtype=dtype)
     below_or_tied = probs_b.cumsum(dim=-1) - 0.5 * probs_b
     return (probs_a * below_or_tied).sum(dim=-1)
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
+        raise ValueError(f"`alpha` must be a number in (0, 1], got {alpha!r}.")
+    return float(alpha)
+
+
+def lower_quantile(probs: torch.Tensor, levels: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The ``alpha``-quantile of the score, differentiable in ``probs`` (a lower quantile for a small ``alpha``).
+
+    The discrete quantile ``min{v_k : F_k >= alpha}`` is piecewise constant in ``probs`` (no gradient), so the CDF
+    is read as linear between levels: level 1's mass sits at ``v_1`` and level ``k``'s mass is spread evenly over
+    ``(v_{k-1}, v_k]``. Then ``Q(alpha) = v_1`` when ``alpha <= F_1``, else
+    ``v_{k-1} + (alpha - F_{k-1}) / p_k * (v_k - v_{k-1})`` for the first ``k`` with ``F_k >= alpha``: the
+    inverse of the piecewise-linear CDF through ``(v_k, F_k)``. It lies within one level of the discrete quantile.
+
+    Args:
+        probs: ``(..., K)`` probabilities.
+        levels: ``(K,)`` score levels.
+        alpha: the quantile level, in ``(0, 1]``.
+
+    Returns:
+        ``(...)`` quantiles, in the units of ``levels``.
+
+    >>> levels = torch.tensor([1.0, 2.0, 3.0])
+    >>> float(lower_quantile(torch.tensor([0.2, 0.4, 0.4]), levels, 0.4))  # halfway through level 2's mass
+    1.5
+    >>> float(lower_quantile(torch.tensor([0.2, 0.4, 0.4]), levels, 0.1))
+    1.0
+    """
+    alpha = _check_alpha(alpha)
+    _check_last_dim(probs, levels, "probs")
+    dtype = _compute_dtype(probs, levels)
+    probs = probs.to(dtype)
+    levels = levels.to(device=probs.device, dtype=dtype)
+    cdf = probs.cumsum(dim=-1)
+    target = torch.full((*cdf.shape[:-1], 1), alpha, dtype=dtype, device=cdf.device)
+    # the first level whose CDF reaches alpha (the last one when rounding leaves the total just below alpha)
+    index = torch.searchsorted(cdf.detach().contiguous(), target).clamp_max(levels.shape[0] - 1)
+    below = index.clamp_min(1) - 1
+    cdf_below = torch.where(index > 0, cdf.gather(-1, below), torch.zeros_like(target))
+    mass = probs.gather(-1, index).clamp_min(torch.finfo(dtype).tiny)
+    fraction = ((alpha - cdf_below) / mass).clamp(0.0, 1.0)
+    low, high = levels[below], levels[index]
+    quantile = torch.where(index > 0, low + fraction * (high - low), levels[0].expand_as(low))
+    return quantile.squeeze(-1)
+
+
+def conditional_value_at_risk(probs: torch.Tensor, levels: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``CVaR_alpha``: the mean score of the lowest ``alpha`` of the probability mass (Rockafellar and Uryasev,
+    2000), differentiable in ``probs``.
+
+    ``CVaR_alpha = (1 / alpha) sum_k v_k min(p_k, max(0, alpha - F_{k-1}))``: the levels are taken from the bottom
+    until ``alpha`` of the mass is used, the last one partly. ``alpha = 1`` gives the expected score; a small
+    ``alpha`` the mean of the worst outcomes the model believes possible, which a generator cannot raise by moving
+    mass the reward is unsure about upwards only.
+
+    Args:
+        probs: ``(..., K)`` probabilities.
+        levels: ``(K,)`` score levels.
+        alpha: the share of the mass, in ``(0, 1]``.
+
+    Returns:
+        ``(...)`` values, in the units of ``levels``.
+
+    >>> levels = torch.tensor([1.0, 2.0, 3.0])
+    >>> round(float(conditional_value_at_risk(torch.tensor([0.2, 0.4, 0.4]), levels, 0.5)), 6)  # (0.2*1 + 0.3*2) / 0.5
+    1.6
+    """
+    alpha = _check_alpha(alpha)
+    _check_last_dim(probs, levels, "probs")
+    dtype = _compute_dtype(probs, levels)
+    probs = probs.to(dtype)
+    levels = levels.to(device=probs.device, dtype=dtype)
+    cdf_below = probs.cumsum(dim=-1) - probs
+    used = torch.minimum(probs, (alpha - cdf_below).clamp_min(0.0))
+    return (used * levels).sum(dim=-1) / alpha
+
+
+def tail_probability(probs: torch.Tensor, levels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``P(score >= threshold)``: the mass on the levels at or above ``threshold``, differentiable in ``probs``.
+
+    Args:
+        probs: ``(..., K)`` probabilities.
+        levels: ``(K,)`` score levels.
+        threshold: a score strictly above ``v_1`` and at most ``v_K`` (otherwise the probability is 1 or 0 for
+            every distribution).
+
+    >>> round(float(tail_probability(torch.tensor([0.2, 0.4, 0.4]), torch.tensor([1.0, 2.0, 3.0]), 2.0)), 6)
+    0.8
+    """
+    _check_last_dim(probs, levels, "probs")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            float(levels[0]) < threshold <= float(levels[-1])):
+        raise ValueError(f"`threshold` must be a score in ({float(levels[0])}, {float(levels[-1])}], got "
+                         f"{threshold!r}.")
+    dtype = _compute_dtype(probs, levels)
+    at_or_above = (levels >= threshold).to(device=probs.device, dtype=dtype)
+    return (probs.to(dtype) * at_or_above).sum(dim=-1)
+
+
+def soft_minimum(values: torch.Tensor, weights: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The weighted soft minimum over the last dimension: ``-tau log sum_d w_d exp(-x_d / tau)``.
+
+    ``weights`` (non-negative, normalised here to sum 1) keep it between the minimum (``tau -> 0``) and the weighted
+    mean (``tau -> inf``) of the values with positive weight; it is a smooth lower bound of that weighted mean.
+
+    >>> values, weights = torch.tensor([0.2, 0.8]), torch.tensor([0.5, 0.5])
+    >>> round(float(soft_minimum(values, weights, 0.01)), 3), round(float(soft_minimum(values, weights, 100.0)), 3)
+    (0.207, 0.5)
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"`temperature` must be a positive number, got {temperature!r}.")
+    if values.shape[-1] != weights.shape[-1]:
+        raise ValueError(f"`weights` must have one entry per value, got {tuple(weights.shape)} for "
+                         f"{tuple(values.shape)}.")
+    dtype = _compute_dtype(values, weights)
+    weights = weights.to(device=values.device, dtype=dtype)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    log_weights = torch.where(weights > 0, weights.log(), torch.full_like(weights, -torch.inf))
+    return -temperature * torch.logsumexp(log_weights - values.to(dtype) / temperature, dim=-1)
 
 
 def _standard_normal_mass(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,15 @@ per image, over the rubric dimensions d with weights w_d (summing to 1):
     with running normalisation:     R = Σ_d w_d (μ_d − m_d) / s_d           −  κ Σ_d w_d σ_d / s_d
 
 μ_d and σ_d are the mean and std of the predicted score distribution, m_d and s_d running mean and std of μ_d
-(e.g. over base-model samples), κ ≥ 0 an uncertainty aversion against reward hacking. The loss is −R, or the
+(e.g. over base-model samples), κ ≥ 0 an uncertainty aversion against reward hacking.
+
+Guards against reward hacking read more of the distribution than its mean (docs/method.md, 'Objectives from the
+distribution'): `statistic` replaces μ_d by a lower quantile, CVaR_α (the mean of the lowest α of the mass) or
+P(score ≥ threshold) (already in [0, 1]); `combine` replaces the weighted sum over dimensions by their minimum or a
+weighted soft minimum; `floors` subtract `floor_weight` · ReLU(floor_d − r_d) for each floored dimension; and
+`groupwise=True` rewards each image by its mean probability of beating the other images of its prompt in the batch,
+R_i = Σ_d w_d mean_{j ≠ i, same prompt} P(i ≻ j)_d − 1/2 (eq. 4), a group-relative reward with no scale to drift.
+The loss is −R, or the
 saturating ReFL loss ReLU(margin − R) (ImageReward, arXiv 2304.05977) when `margin` is set. One sign convention:
 lower loss = higher reward.
 
@@ -43,6 +51,13 @@ from .checkpoint import (
     write_config,
     zero_shot_config,
 )
+from .distributions import (
+    conditional_value_at_risk,
+    lower_quantile,
+    preference_probability,
+    soft_minimum,
+    tail_probability,
+)
 from .image_inputs import check_image_range, check_image_tensor, check_prompt_list, to_unit_range
 from .rubric import Rubric
 from .saving import MARKER_NAME, atomic_directory
@@ -51,6 +66,10 @@ from .scorer import ScoreOutput, ZRewardScorer
 logger = logging.getLogger(__name__)
 
 REDUCTIONS = ("mean", "sum", "none")
+STATISTICS = ("mean", "quantile", "cvar", "tail")
+COMBINATIONS = ("weighted", "min", "softmin")
+DEFAULT_ALPHA = 0.25
+DEFAULT_TEMPERATURE = 0.05
 
 
 class ZRewardLoss(nn.Module):
@@ -72,9 +91,22 @@ class ZRewardLoss(nn.Module):
         reduction: `"mean"`, `"sum"` or `"none"` (per-image losses `(B,)`).
         kappa: uncertainty aversion κ ≥ 0, finite (reward minus κ times the weighted score std).
         margin: if set (a finite number), the loss is ReLU(margin − R) (saturating φ of ReFL) instead of −R.
-        normalize: standardise each dimension's expected score with running statistics.
+        normalize: standardise each dimension's expected score with running statistics (`statistic="mean"` only).
         momentum: update rate of the running statistics, in (0, 1].
         dimensions: score only these rubric dimensions (default all).
+        statistic: what each dimension contributes, r_d: `"mean"` (μ_d, default), `"quantile"` (the `alpha`
+            lower quantile), `"cvar"` (CVaR at `alpha`), each rescaled by (x − v_1) / (v_K − v_1), or `"tail"`
+            (P(score ≥ `threshold`)).
+        alpha: the level of `"quantile"` / `"cvar"`, in (0, 1] (default 0.25); only with those statistics.
+        threshold: the score of `"tail"`, in (v_1, v_K]; required by it, refused otherwise.
+        combine: across dimensions, `"weighted"` (Σ_d w_d r_d, default), `"min"` (the lowest r_d of a positively
+            weighted dimension) or `"softmin"` (−τ log Σ_d w_d exp(−r_d / τ)).
+        temperature: τ of `"softmin"`, positive (default 0.05); only with it.
+        floors: `{dimension: floor}` in the statistic's units before rescaling (level units; a probability for
+            `"tail"`): R −= `floor_weight` · Σ ReLU(r(floor_d) − r_d).
+        floor_weight: the weight of the floor penalty, positive (default 1.0).
+        groupwise: reward each image by its mean P(i ≻ j) over the other images of its prompt in the batch (every
+            prompt must appear at least twice); not with the options above but `dimensions` and `margin`.
 
     >>> import torch
     >>> from zreward_diffusers.testing import build_tiny_scorer
@@ -96,6 +128,14 @@ class ZRewardLoss(nn.Module):
         normalize: bool = False,
         momentum: float = 0.01,
         dimensions: list[str] | None = None,
+        statistic: str = "mean",
+        alpha: float | None = None,
+        threshold: float | None = None,
+        combine: str = "weighted",
+        temperature: float | None = None,
+        floors: dict[str, float] | None = None,
+        floor_weight: float = 1.0,
+        groupwise: bool = False,
     ):
         super().__init__()
         check_image_range(image_range)
@@ -115,6 +155,7 @@ class ZRewardLoss(nn.Module):
         self.normalize = normalize
         self.momentum = momentum
         self.dimensions = scorer._dimensions(dimensions)
+        self._set_objective(statistic, alpha, threshold, combine, temperature, floors, floor_weight, groupwise)
         self.update_running_stats = True
         self._warned_unit_range = False
         num_dims = len(self.dimensions)
@@ -127,6 +168,71 @@ class ZRewardLoss(nn.Module):
     @property
     def rubric(self) -> Rubric:
         return self.scorer.rubric
+
+    def _set_objective(self, statistic, alpha, threshold, combine, temperature, floors, floor_weight,
+                       groupwise) -> None:
+        """Check and keep the objective's settings (class docstring); every mismatch is an error naming it."""
+        if statistic not in STATISTICS:
+            raise ValueError(f"`statistic` must be one of {STATISTICS}, got {statistic!r}")
+        if combine not in COMBINATIONS:
+            raise ValueError(f"`combine` must be one of {COMBINATIONS}, got {combine!r}")
+        if not isinstance(groupwise, bool):
+            raise TypeError(f"`groupwise` must be a bool, got {groupwise!r}")
+        levels = self.rubric.levels
+        if alpha is not None:
+            if statistic not in ("quantile", "cvar"):
+                raise ValueError(f"`alpha` applies to statistic='quantile' or 'cvar', not {statistic!r}")
+            alpha = _finite("alpha", alpha)
+            if not 0.0 < alpha <= 1.0:
+                raise ValueError(f"`alpha` must be in (0, 1], got {alpha}")
+        elif statistic in ("quantile", "cvar"):
+            alpha = DEFAULT_ALPHA
+        if statistic == "tail":
+            if threshold is None:
+                raise ValueError("statistic='tail' needs a `threshold`: the score whose exceedance probability is "
+                                 "rewarded")
+            threshold = _finite("threshold", threshold)
+            if not levels[0] < threshold <= levels[-1]:
+                raise ValueError(f"`threshold` must be in ({levels[0]}, {levels[-1]}], got {threshold}")
+            if self.kappa > 0:
+                raise ValueError("`kappa` subtracts a share of the score's std, which has no meaning next to a "
+                                 "probability: not with statistic='tail'")
+        elif threshold is not None:
+            raise ValueError(f"`threshold` applies to statistic='tail', not {statistic!r}")
+        if temperature is not None:
+            if combine != "softmin":
+                raise ValueError(f"`temperature` applies to combine='softmin', not {combine!r}")
+            temperature = _finite("temperature", temperature)
+            if temperature <= 0:
+                raise ValueError(f"`temperature` must be positive, got {temperature}")
+        elif combine == "softmin":
+            temperature = DEFAULT_TEMPERATURE
+        floor_weight = _finite("floor_weight", floor_weight)
+        if floor_weight <= 0:
+            raise ValueError(f"`floor_weight` must be positive, got {floor_weight}")
+        checked_floors = {}
+        for dimension, floor in dict(floors or {}).items():
+            if dimension not in self.dimensions:
+                raise ValueError(f"`floors` names {dimension!r}, which is not among this loss's dimensions "
+                                 f"{list(self.dimensions)}")
+            floor = _finite(f"floors[{dimension!r}]", floor)
+            low, high = (0.0, 1.0) if statistic == "tail" else (levels[0], levels[-1])
+            if not low <= floor <= high:
+                raise ValueError(f"`floors[{dimension!r}]` must be in [{low}, {high}] for statistic={statistic!r}, "
+                                 f"got {floor}")
+            checked_floors[dimension] = floor
+        if self.normalize and statistic != "mean":
+            raise ValueError(f"`normalize` standardises the expected score; it does not apply to "
+                             f"statistic={statistic!r}")
+        if groupwise:
+            others = [name for name, used in (("statistic", statistic != "mean"), ("combine", combine != "weighted"),
+                                              ("floors", bool(checked_floors)), ("kappa", self.kappa > 0),
+                                              ("normalize", self.normalize)) if used]
+            if others:
+                raise ValueError(f"`groupwise` compares whole distributions; it does not combine with {others}")
+        self.statistic, self.alpha, self.threshold = statistic, alpha, threshold
+        self.combine, self.temperature = combine, temperature
+        self.floors, self.floor_weight, self.groupwise = checked_floors, floor_weight, groupwise
 
     def enable_gradient_checkpointing(self) -> None:
         """Checkpoint the reward backbone's layers (recompute activations in backward to save memory)."""
@@ -163,7 +269,7 @@ class ZRewardLoss(nn.Module):
             output = self.scorer(unit, prompts, dimensions=dimensions, reasoning=reasoning)
         else:
             output = self.scorer.score_pil(images, prompts, dimensions=dimensions, reasoning=reasoning)
-        return replace(output, reward=self._shape(output, update=False))
+        return replace(output, reward=self._shape(output, prompts, update=False))
 
     def reward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The reward R `(B,)` of float images (module docstring: κ, normalisation), differentiable with respect to
@@ -184,7 +290,7 @@ class ZRewardLoss(nn.Module):
     def _reward_of_unit(self, unit: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, ScoreOutput]:
         prompts = check_prompt_list(prompts, unit.shape[0])
         output = self.scorer(unit, prompts, dimensions=self.dimensions)
-        reward = self._shape(output)
+        reward = self._shape(output, prompts)
         return reward, replace(output, reward=reward)
 
     # ------------------------------------------------------------------------------------------------ clients
@@ -235,16 +341,18 @@ class ZRewardLoss(nn.Module):
             unit = to_pil_images(images)
             count = len(unit)
         prompts = check_prompt_list(prompts, count)
-        parts = []
+        outputs = []
         for start in range(0, count, batch_size):
             chunk, chunk_prompts = unit[start:start + batch_size], prompts[start:start + batch_size]
             if isinstance(chunk, torch.Tensor):
-                output = self.scorer(chunk, chunk_prompts, dimensions=self.dimensions)
+                outputs.append(self.scorer(chunk, chunk_prompts, dimensions=self.dimensions))
             else:
-                output = self.scorer.score_pil(chunk, chunk_prompts, dimensions=self.dimensions)
-            parts.append((self._shape(output, update=False), output.expected))
-        reward = torch.cat([r for r, _ in parts]).float().cpu()
-        expected = torch.cat([e for _, e in parts]).float().cpu()
+                outputs.append(self.scorer.score_pil(chunk, chunk_prompts, dimensions=self.dimensions))
+        # shaped together: a groupwise reward compares images across chunks
+        whole = replace(outputs[0], **{key: torch.cat([getattr(o, key) for o in outputs])
+                                       for key in ("probs", "expected", "std")})
+        reward = self._shape(whole, prompts, update=False).float().cpu()
+        expected = whole.expected.float().cpu()
         return {"reward": reward, **{d: expected[:, i] for i, d in enumerate(self.dimensions)}}
 
     def as_imscore(self) -> ImscoreScorer:
@@ -252,14 +360,16 @@ class ZRewardLoss(nn.Module):
         `(B, 3, H, W)` in [0, 1], differentiable."""
         return ImscoreScorer(self)
 
-    def _shape(self, output: ScoreOutput, update: bool = True) -> torch.Tensor:
-        """R of `output` (eq. 15, module docstring) over its dimensions; `update`: advance the running statistics
-        of `normalize` with this batch (the reward path) or only read them (logging, no-grad scoring)."""
+    def _shape(self, output: ScoreOutput, prompts: list[str], update: bool = True) -> torch.Tensor:
+        """R of `output` (module docstring) over its dimensions; `update`: advance the running statistics of
+        `normalize` with this batch (the reward path) or only read them (logging, no-grad scoring)."""
         index = torch.tensor([self.rubric.dimension_index(d) for d in output.dimensions],
                              device=output.expected.device)
         weights = self.scorer.dimension_weights[index]
         weights = weights / weights.sum()
         levels = self.scorer.levels
+        if self.groupwise:
+            return _groupwise_reward(output.probs, weights, prompts)
         if self.normalize:
             missing = [d for d in output.dimensions if d not in self.dimensions]
             if missing:
@@ -269,14 +379,33 @@ class ZRewardLoss(nn.Module):
                 self._update_running_stats(output.expected)
             stats = torch.tensor([self.dimensions.index(d) for d in output.dimensions],
                                  device=self.running_mean.device)
-            scale = (self.running_var[stats] + 1e-6).sqrt()
-            centred = (output.expected - self.running_mean[stats]) / scale
-            spread = output.std / scale
+            offset, scale = self.running_mean[stats], (self.running_var[stats] + 1e-6).sqrt()
         else:
-            span = levels[-1] - levels[0]
-            centred = (output.expected - levels[0]) / span
-            spread = output.std / span
-        return (weights * (centred - self.kappa * spread)).sum(-1)
+            offset, scale = levels[0], levels[-1] - levels[0]
+        if self.statistic == "mean":
+            value = output.expected
+        elif self.statistic == "quantile":
+            value = lower_quantile(output.probs, levels, self.alpha)
+        elif self.statistic == "cvar":
+            value = conditional_value_at_risk(output.probs, levels, self.alpha)
+        else:
+            value = tail_probability(output.probs, levels, self.threshold)
+        per_dimension = value if self.statistic == "tail" else (value - offset) / scale
+        per_dimension = per_dimension - self.kappa * output.std / scale
+        if self.combine == "weighted":
+            reward = (weights * per_dimension).sum(-1)
+        elif self.combine == "min":
+            reward = per_dimension.masked_fill(weights <= 0, torch.inf).amin(-1)
+        else:
+            reward = soft_minimum(per_dimension, weights, self.temperature)
+        if self.floors:
+            floored = torch.tensor([d in self.floors for d in output.dimensions], device=per_dimension.device)
+            floor = torch.tensor([self.floors.get(d, 0.0) for d in output.dimensions], device=per_dimension.device,
+                                 dtype=per_dimension.dtype)
+            floor = floor if self.statistic == "tail" else (floor - offset) / scale
+            shortfall = torch.relu(floor - per_dimension) * floored
+            reward = reward - self.floor_weight * shortfall.sum(-1)
+        return reward
 
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Loss of float images `(B, 3, H, W)` in `image_range`: −R, or ReLU(margin − R); reduced."""
@@ -324,6 +453,14 @@ class ZRewardLoss(nn.Module):
             "normalize": self.normalize,
             "momentum": self.momentum,
             "dimensions": list(self.dimensions),
+            "statistic": self.statistic,
+            "alpha": self.alpha,
+            "threshold": self.threshold,
+            "combine": self.combine,
+            "temperature": self.temperature,
+            "floors": dict(self.floors),
+            "floor_weight": self.floor_weight,
+            "groupwise": self.groupwise,
             "running_mean": self.running_mean.tolist(),
             "running_var": self.running_var.tolist(),
             "num_batches_tracked": int(self.num_batches_tracked),
@@ -410,8 +547,7 @@ class ZRewardLoss(nn.Module):
         saved = dict(config.get("reward", {}))
         running = {key: saved.pop(key) for key in ("running_mean", "running_var", "num_batches_tracked")
                    if key in saved}
-        unknown = set(overrides) - set(saved) - {"image_range", "reduction", "kappa", "margin", "normalize",
-                                                 "momentum", "dimensions"}
+        unknown = set(overrides) - set(saved) - set(RESTORED_SETTINGS)
         if unknown:
             raise TypeError(f"unexpected keyword arguments {sorted(unknown)} for ZRewardLoss.from_pretrained")
         loss = cls(scorer, **{**saved, **overrides})
@@ -452,6 +588,26 @@ class ImscoreScorer(nn.Module):
         return self.loss._reward_of_pixels(pixels, prompts)[0]
 
     forward = score
+
+
+RESTORED_SETTINGS = ("image_range", "reduction", "kappa", "margin", "normalize", "momentum", "dimensions", "statistic",
+                     "alpha", "threshold", "combine", "temperature", "floors", "floor_weight", "groupwise")
+
+
+def _groupwise_reward(probs: torch.Tensor, weights: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """R_i = Σ_d w_d mean_{j ≠ i, prompt_j = prompt_i} P(i ≻ j)_d − 1/2 (eq. 4) over a batch `(B, D, K)`."""
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(i)
+    alone = [prompt for prompt, members in groups.items() if len(members) < 2]
+    if alone:
+        raise ValueError(f"groupwise=True compares the images of one prompt, but `prompts` has {len(alone)} prompt(s) "
+                         f"with a single image, e.g. {alone[0]!r}: give each prompt two or more samples")
+    same = torch.tensor([[prompts[i] == prompts[j] and i != j for j in range(len(prompts))]
+                         for i in range(len(prompts))], device=probs.device)
+    beats = preference_probability(probs[:, None], probs[None, :])  # (B, B, D): P(i beats j) per dimension
+    mean_beats = (beats * same[..., None]).sum(1) / same.sum(1, keepdim=True)
+    return (weights.to(mean_beats) * mean_beats).sum(-1) - 0.5
 
 
 def _prompt_list(prompts) -> list[str]:
