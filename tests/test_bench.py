@@ -308,3 +308,98 @@ def test_run_benchmark_refuses_validation_for_other_benchmarks(loss_fn):
         bench.run_benchmark(loss_fn, "hpdv2", [], validation=[])
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench.run_benchmark(loss_fn, "hpdv4", [])
+
+
+def test_bench_hpdv3_genai_bench_and_ratings(tmp_path, tiny_model, loss_fn):
+    """HPDv3 pairs, GenAI-Bench votes and the two rated sets, each against an independent computation."""
+    import scipy.spatial.distance
+    import scipy.stats
+
+    seeds = itertools.count(300)
+    # HPDv3 test.json: prompt, path1 (preferred), path2; one image appears in two pairs
+    hpdv3 = tmp_path / "hpdv3"
+    hpdv3.mkdir()
+    names = [save_png(hpdv3 / f"{next(seeds)}.png", seed) for seed in range(300, 306)]
+    hpdv3_rows = [{"prompt": "a cat", "path1": names[0], "path2": names[1], "model1": "m", "model2": "n"},
+                  {"prompt": "a cat", "path1": names[2], "path2": names[0], "model1": "m", "model2": "n"},
+                  {"prompt": "a dog", "path1": names[3], "path2": names[4], "model1": "m", "model2": "n"},
+                  {"prompt": "a dog", "path1": names[5], "path2": names[3], "model1": "m", "model2": "n"}]
+    (hpdv3 / "test.json").write_text(json.dumps(hpdv3_rows))
+    # GenAI-Bench image_generation rows: left/right images (bytes here), a vote of four kinds
+    votes = ["leftvote", "rightvote", "tievote", "bothbad_vote", "leftvote", "rightvote"]
+    genai_rows = [{"prompt": f"scene {i}", "left_model": "a", "left_image": {"bytes": noise_png(400 + 2 * i)},
+                   "right_model": "b", "right_image": {"bytes": noise_png(401 + 2 * i)}, "vote_type": vote}
+                  for i, vote in enumerate(votes)]
+    pq.write_table(pa.Table.from_pylist(genai_rows), tmp_path / "genai.parquet")
+    # EvalMuse-40K train_list.json: per-annotator 1-5 alignment scores
+    evalmuse = tmp_path / "evalmuse"
+    evalmuse.mkdir()
+    scores = [[3, 4, 4], [1, 2, 2], [5, 5, 4], [2, 3, 1], [4, 4, 5], [3, 3, 2]]
+    evalmuse_rows = [{"prompt_id": str(i // 2), "prompt": f"muse {i // 2}",
+                      "img_path": save_png(evalmuse / f"m{i}.png", 500 + i), "total_score": s}
+                     for i, s in enumerate(scores)]
+    (evalmuse / "train_list.json").write_text(json.dumps(evalmuse_rows))
+    # RichHF-18K rows converted from the TFRecords: filename + [0, 1] scores + the prompt joined in
+    richhf = tmp_path / "richhf"
+    richhf.mkdir()
+    rich_scores = [0.1, 0.75, 0.5, 0.9, 0.3]
+    richhf_rows = [{"filename": save_png(richhf / f"r{i}.png", 600 + i), "prompt": f"rich {i}",
+                    "aesthetics_score": s, "artifact_score": 1 - s, "misalignment_score": (s * 7) % 1,
+                    "overall_score": s} for i, s in enumerate(rich_scores)]
+    (richhf / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in richhf_rows))
+
+    results = bench.run_benchmarks(loss_fn, {"hpdv3": str(hpdv3 / "test.json"),
+                                             "genai_bench": str(tmp_path / "genai.parquet"),
+                                             "evalmuse": str(evalmuse / "train_list.json"),
+                                             "richhf": str(richhf / "rows.jsonl")}, progress=False)
+    assert list(results) == ["hpdv3", "genai_bench", "richhf", "evalmuse"]  # the table's order
+
+    reward = dict(zip(names, rewards_of(loss_fn, [hpdv3 / n for n in names], ["a cat"] * 3 + ["a dog"] * 3)[0],
+                      strict=True))
+    right = [reward[row["path1"]] > reward[row["path2"]] for row in hpdv3_rows]
+    assert results["hpdv3"]["accuracy"] == pytest.approx(np.mean(right)) and results["hpdv3"]["num_pairs"] == 4
+
+    left, right_side = [], []
+    for row in genai_rows:
+        values, _ = rewards_of(loss_fn, [row["left_image"]["bytes"], row["right_image"]["bytes"]], [row["prompt"]] * 2)
+        left.append(values[0])
+        right_side.append(values[1])
+    outcome = [{"leftvote": 1, "rightvote": -1}.get(vote, 0) for vote in votes]
+    untied = [(a, b, o) for a, b, o in zip(left, right_side, outcome, strict=True) if o != 0]
+    assert results["genai_bench"]["accuracy"] == pytest.approx(np.mean([np.sign(a - b) == o for a, b, o in untied]))
+    gaps = sorted({abs(a - b) for a, b in zip(left, right_side, strict=True)} | {0.0, 10.0})
+    best = max(brute_acc_eq(left, right_side, outcome, eps) for eps in gaps)
+    assert results["genai_bench"]["with_ties"]["accuracy"] == pytest.approx(best)
+    assert results["genai_bench"]["with_ties"]["num_pairs"] == 6
+
+    # `rewards_of` reads images through the official processor, the bench through the tensor path: their μ differ
+    # by ~1e-6, which moves a correlation over six near-equal μ of a random tiny model by up to ~1e-4
+    levels = np.linspace(1, 5, 9)
+    _, probs = rewards_of(loss_fn, [evalmuse / row["img_path"] for row in evalmuse_rows],
+                          [row["prompt"] for row in evalmuse_rows])
+    alignment = loss_fn.rubric.dimension_names.index("alignment")
+    predicted = np.array([p[alignment] for p in probs])
+    human = np.array([np.mean(s) for s in scores])
+    entry = results["evalmuse"]["dimensions"]["alignment"]
+    assert entry["pearson"] == pytest.approx(scipy.stats.pearsonr(predicted @ levels, human)[0], abs=1e-3)
+    assert entry["spearman"] == pytest.approx(scipy.stats.spearmanr(predicted @ levels, human)[0], abs=1e-3)
+    histograms = np.array([[s.count(int(v)) if v.is_integer() else 0 for v in levels] for s in scores], float)
+    emd = np.mean([scipy.stats.wasserstein_distance(levels, levels, p, h) for p, h in zip(predicted, histograms,
+                                                                                            strict=True)])
+    assert entry["emd"] == pytest.approx(emd, abs=1e-5)
+    js = np.mean([scipy.spatial.distance.jensenshannon(p, h) ** 2 for p, h in zip(predicted, histograms,
+                                                                                   strict=True)])
+    assert entry["js_divergence"] == pytest.approx(js, abs=1e-5)
+    assert set(results["evalmuse"]["dimensions"]) == {"alignment"} and entry["num_histograms"] == 6
+
+    _, probs = rewards_of(loss_fn, [richhf / row["filename"] for row in richhf_rows],
+                          [row["prompt"] for row in richhf_rows])
+    aesthetics = loss_fn.rubric.dimension_names.index("aesthetics")
+    predicted = np.array([p[aesthetics] for p in probs]) @ levels
+    entry = results["richhf"]["dimensions"]["aesthetics"]
+    assert entry["pearson"] == pytest.approx(scipy.stats.pearsonr(predicted, 1 + 4 * np.array(rich_scores))[0],
+                                             abs=1e-3)
+    assert "emd" not in entry  # RichHF publishes means only: no histogram, no distribution metric
+    assert set(results["richhf"]["dimensions"]) == {"aesthetics", "physical_plausibility", "alignment"}
+    table = bench.bench_table(results)
+    assert "accuracy w/ ties (tie calibration)" in table and "| EvalMuse-40K | alignment |" in table
