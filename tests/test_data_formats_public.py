@@ -438,3 +438,38 @@ def test_genai_bench_hf_dataset_bad_rows_and_root(tmp_path, caplog):
     path_rows = [{"prompt": "a kite", "left_image": "a.png", "right_image": "../b.png", "vote_type": "tievote"}]
     with pytest.raises(DataValidationError, match=r"rows row 0, field 'image': .*outside the dataset root"):
         from_genai_bench(path_rows, root=tmp_path / "root")
+
+
+def test_older_mappers_read_csv_copies(tmp_path):
+    """CSV cells are text: ranks, ratings, labels and JSON lists in a CSV copy read as they do from parquet."""
+    import csv
+
+    from zreward_diffusers.data import from_hpdv2, from_imagereward_db, from_pickapic
+
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (4, 4), "red").save(tmp_path / name)
+
+    def write_csv(path, rows):
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    imagereward = from_imagereward_db(write_csv(tmp_path / "ir.csv", [
+        {"prompt_id": 1, "prompt": "a cat", "image_path": "a.png", "rank": 2, "fidelity_rating": 7},
+        {"prompt_id": 1, "prompt": "a cat", "image_path": "b.png", "rank": 1, "fidelity_rating": 4}]),
+        rating_labels={"fidelity_rating": "realism"})
+    assert [r.labels for r in imagereward.records] == [{"realism": 5.0}, {"realism": 3.0}]
+    assert [(p.record_a, p.record_b, p.preference) for p in imagereward.pairs] == [("a.png", "b.png", -1)]
+    pickapic = from_pickapic(write_csv(tmp_path / "pp.csv", [
+        {"caption": "a dog", "image_0_path": "a.png", "image_1_path": "b.png", "label_0": 0, "label_1": 1},
+        {"caption": "a dog", "image_0_path": "b.png", "image_1_path": "c.png", "label_0": 0.5, "label_1": 0.5}]))
+    assert [p.preference for p in pickapic.pairs] == [-1, 0]
+    hpdv2 = from_hpdv2(write_csv(tmp_path / "hp.csv", [
+        {"prompt": "a fox", "image_path": json.dumps(["a.png", "b.png", "c.png"]), "rank": json.dumps([3, 1, 2])}]))
+    assert [(p.record_a, p.record_b, p.preference) for p in hpdv2.pairs] == [
+        ("a.png", "b.png", -1), ("a.png", "c.png", -1), ("b.png", "c.png", 1)]
+    with pytest.raises(DataValidationError, match="rank"):
+        from_imagereward_db(write_csv(tmp_path / "bad.csv", [
+            {"prompt_id": 1, "prompt": "a cat", "image_path": "a.png", "rank": "first"}]))

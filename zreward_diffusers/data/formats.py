@@ -210,6 +210,8 @@ def from_imagereward_db(
         if problem is not None:
             bad_rows.append(BadRow.at(location, "(row)", problem))
             continue
+        row = {**row, **{column: _number(row[column]) for column in ("rank", *IMAGEREWARD_RATING_COLUMNS)
+                         if column in row}}  # CSV cells are text
         try:
             problem = _imagereward_problem(row, rating_labels, nan)
             if problem is not None:
@@ -311,6 +313,7 @@ def from_pickapic(
         if problem is not None:
             bad_rows.append(BadRow.at(location, "(row)", problem))
             continue
+        row = {**row, **{column: _number(row[column]) for column in ("label_0", "label_1") if column in row}}
         try:
             labels = (row.get("label_0"), row.get("label_1"))
             if not all(_is_number(label) for label in labels) or \
@@ -384,6 +387,11 @@ def from_hpdv2(
         if problem is not None:
             bad_rows.append(BadRow.at(location, "(row)", problem))
             continue
+        # CSV cells are text: the lists arrive as JSON, their numbers possibly as numeric text
+        row = {**row, **{column: _numbers(_parsed(row[column])) for column in ("rank", "human_preference")
+                         if column in row}}
+        if image_column in row:
+            row[image_column] = _parsed(row[image_column])
         try:
             images = row.get(image_column)
             problem = _hpdv2_problem(row, image_column, images, nan)
@@ -450,6 +458,11 @@ def _number(value):
         except ValueError:
             return value
     return value
+
+
+def _numbers(value):
+    """`_number` of each item of a list (a CSV cell parsed from JSON may hold numeric text); anything else as is."""
+    return [_number(item) for item in value] if isinstance(value, list) else _number(value)
 
 
 def _parsed(value):
