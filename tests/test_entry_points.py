@@ -15,6 +15,7 @@ ENTRY_POINTS = {
     "training.bradley_terry": ("Model", "Optimisation"),
     "training.rewarddance": ("Model", "Optimisation"),
     "training.risd": ("Teacher cache", "Objective"),
+    "training.annotate": ("Model", "Data", "Generation", "Consistency filter"),
     "training.opd": ("Model", "Objective"),
     "training.risd_clip": ("Teacher cache", "Checkpoints"),
     "training.pretrain_base": ("Models", "Stage 0: the vision tower alone"),

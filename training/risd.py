@@ -9,7 +9,8 @@ p_S(k|x) with no reasoning, in one forward pass, and minimises (eq. 13)
 
 the gap term over the pairs of each prompt group. Forward KL keeps the teacher's mean and total variance (the law of
 total variance over chains): that is the internalisation. An optional temperature τ distils q̄^{1/τ} into p_S^{1/τ}
-with the τ² factor (Hinton); the default τ = 1 keeps the distribution calibrated.
+with the τ² factor (Hinton); the default τ = 1 keeps the distribution calibrated. With `judge_outputs` the cache
+holds a third-party reasoning judge's chains and scores instead (`training.judge`): RISD then distils that judge.
 
     python -m training.risd --config training/configs/student_risd_tiny.yaml
     accelerate launch -m training.risd --config training/configs/student_risd_tiny.yaml
@@ -50,7 +51,7 @@ class RISDConfig(RewardTrainingConfig):
 
     help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model": ("teacher",),
-        "Teacher cache": ("cache_dir", "num_samples", "target_samples", "teacher_temperature",
+        "Teacher cache": ("judge_outputs", "cache_dir", "num_samples", "target_samples", "teacher_temperature",
                           "teacher_max_new_tokens", "cache_seed", "cache_chunk_size"),
         "Optimisation": ("groups_per_step",),
         "Objective": ("gap_weight", "human_weight", "huber_delta", "temperature", "full_vocabulary"),
@@ -60,6 +61,8 @@ class RISDConfig(RewardTrainingConfig):
     teacher: str = field(default="runs/teacher/gdso/model", metadata={"help": "the teacher: a Z-Reward checkpoint"})
     output_dir: str = field(default="runs/student_risd", metadata={"help": "checkpoints, final model, metrics"})
     cache_dir: str = field(default="runs/teacher_cache", metadata={"help": "where teacher caches are kept"})
+    judge_outputs: str | None = field(default=None, metadata={
+        "help": "a judge's JSONL (training.judge): distil it instead of sampling `teacher`"})
     num_samples: int = field(default=8, metadata={"help": "M: teacher chains per input (sampled into the cache)"})
     target_samples: int | None = field(default=None, metadata={
         "help": "average only the first m ≤ M cached chains (the M ablation without resampling); none: all M"})
@@ -91,7 +94,18 @@ class RISDConfig(RewardTrainingConfig):
 def load_teacher_targets(config, train_set, train_bank, dimensions, rubric, accelerator):
     """`({(record_id, dimension): q̄}, cache directory)` for a RISD-style config (`teacher`, `cache_dir`,
     `num_samples`, `teacher_temperature`, `teacher_max_new_tokens`, `cache_chunk_size`, `cache_seed`,
-    `target_samples`); processes split the cache build, then all read it."""
+    `target_samples`); processes split the cache build, then all read it. With `config.judge_outputs` (a judge's
+    JSONL, `training.judge`) the cache is built from it instead and the teacher is not loaded."""
+    judge_outputs = getattr(config, "judge_outputs", None)
+    if judge_outputs is not None:
+        from .judge import cache_from_judge_jsonl
+
+        # every process checks the file (a bad line stops them all); the main one writes the cache
+        cache = cache_from_judge_jsonl(judge_outputs, train_set, rubric, dimensions, config.cache_dir,
+                                       rank=accelerator.process_index, write=accelerator.is_main_process,
+                                       bank=train_bank)
+        accelerator.wait_for_everyone()
+        return _targets(config, cache.load(), train_set, train_bank, dimensions), cache.directory
     settings = CacheSettings(config.num_samples, config.teacher_temperature, 1.0, config.teacher_max_new_tokens,
                              config.cache_chunk_size, config.cache_seed)
     cache = TeacherCache(config.cache_dir, teacher_fingerprint(config.teacher, settings), settings,
@@ -105,7 +119,11 @@ def load_teacher_targets(config, train_set, train_bank, dimensions, rubric, acce
                         world_size=accelerator.num_processes)
     del teacher
     accelerator.wait_for_everyone()
-    entries = cache.load()
+    return _targets(config, cache.load(), train_set, train_bank, dimensions), cache.directory
+
+
+def _targets(config, entries, train_set, train_bank, dimensions) -> dict[tuple[str, str], torch.Tensor]:
+    """`{(record_id, dimension): q̄}` from cache entries (the first `target_samples` chains when set)."""
     targets = {}
     for n, record in enumerate(train_set.records):
         for dimension in dimensions:
@@ -117,7 +135,7 @@ def load_teacher_targets(config, train_set, train_bank, dimensions, rubric, acce
                 mean = torch.tensor(average_chains(np.array(entry["probs"][:m]), entry["finished"][:m]),
                                     dtype=torch.float32)
             targets[record.record_id, dimension] = mean / mean.sum()
-    return targets, cache.directory
+    return targets
 
 
 class RISDTrainer(RewardTrainer):

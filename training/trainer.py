@@ -335,9 +335,9 @@ class RewardTrainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.export(self.output_dir / "model")
+            distilled = getattr(self.config, "judge_outputs", None) or getattr(self.config, "teacher", None)
             card = model_card(self.name, self.rubric, self.dimensions, self.config.base,
-                              self.train_set.description or "user data", metrics,
-                              teacher=getattr(self.config, "teacher", None))
+                              self.train_set.description or "user data", metrics, teacher=distilled)
             write_model_card(self.output_dir / "model", card)
             write_text_atomic(self.output_dir / METRICS_FILE, json.dumps(metrics, indent=2))
         self.accelerator.wait_for_everyone()
