@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     judging.add_argument("--seeds_per_prompt", type=int, default=2, help="images per prompt (default: %(default)s)")
     judging.add_argument("--skip_prompts", type=int, default=0,
                          help="leave out the first held-out prompts (e.g. the eval_prompts that early stopping saw)")
+    judging.add_argument("--prompt_seed", type=int, default=0,
+                         help="seed of the prompt split: the tuning run's `seed`, so that the held-out prompts are "
+                              "the ones it never trained on (default: %(default)s)")
     judging.add_argument("--num_inference_steps", type=int, default=20, help="sampling steps (default: %(default)s)")
     judging.add_argument("--size", type=int, default=32, help="image side in pixels (default: %(default)s)")
     judging.add_argument("--guidance_scale", type=float, default=1.0,
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         pipes.append(pipe)
     if args.skip_prompts < 0:
         raise SystemExit(f"--skip_prompts must be >= 0, got {args.skip_prompts}")
-    _, held_out = world_prompts(512, args.skip_prompts + args.num_prompts, seed=0)
+    _, held_out = world_prompts(512, args.skip_prompts + args.num_prompts, seed=args.prompt_seed)
     held_out = held_out[args.skip_prompts:]
     prompts = [p for p in held_out for _ in range(args.seeds_per_prompt)]
     seeds = list(range(len(prompts)))
