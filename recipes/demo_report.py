@@ -293,6 +293,26 @@ def samples_figure(out: Path, path: Path, count: int) -> Path | None:
     return path
 
 
+def attribution_map_figure(out: Path, path: Path, count: int) -> Path | None:
+    """Held-out images with the RISD student's ∂E[score_d]/∂pixels per dimension (`zreward_diffusers.attribution`)."""
+    import torch
+
+    from zreward_diffusers import ZRewardLoss
+    from zreward_diffusers.attribution import attribution_figure, attribution_maps
+
+    model = out / "student_risd" / "model"
+    if not model.exists():
+        return None
+    loss_fn = ZRewardLoss.from_pretrained(model)
+    world, start = held_out_world()
+    items = [group.items[i % len(group.items)] for i, group in enumerate(world.groups(count, start=start))]
+    images = torch.from_numpy(np.stack([item.image for item in items])).permute(0, 3, 1, 2).float() / 255
+    prompts = [item.prompt for item in items]
+    attribution = attribution_maps(loss_fn, images, prompts)
+    return attribution_figure(images, attribution, prompts, path, title="Where the RISD student looks: "
+                              "|∂E[score_d]/∂pixels| per dimension, each map scaled to its maximum")
+
+
 def curves_figure(out: Path, path: Path) -> Path:
     plt = _plt()
     figure, axes = plt.subplots(2, 3, figsize=(13, 7), dpi=100)
@@ -415,6 +435,9 @@ def write_report(out: Path, profile: str, timings: dict, settings: dict, world_d
     samples = samples_figure(out, figures / "samples.png", settings["samples"])
     if samples:
         paths["samples"] = samples
+    attribution = attribution_map_figure(out, figures / "attribution.png", settings["samples"])
+    if attribution:
+        paths["attribution"] = attribution
     student = _load(out / "student_risd" / "metrics.json")
     if student and student.get("report"):
         paths["reliability"] = reliability_diagram(
@@ -452,6 +475,7 @@ majority preference, ties excluded, predicted ties count ½ ({settings['eval_gro
 
 {figure("samples", "The RISD student's predicted score distributions next to the panel's histograms.")}
 {figure("reliability", "Reliability diagram of the RISD student (equal-mass bins).")}
+{figure("attribution", "Which pixels the RISD student wants changed: the gradient of each expected score.")}
 ## Reward tuning: DRaFT-1 LoRA with the student, judged by the oracle
 {tuning}
 

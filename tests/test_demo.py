@@ -27,7 +27,8 @@ from recipes.demo import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ("contact_sheet", "preference_accuracy", "samples", "reliability", "before_after", "training_curves")
+FIGURES = ("contact_sheet", "preference_accuracy", "samples", "reliability", "attribution", "before_after",
+           "training_curves")
 
 
 @pytest.fixture(scope="module")
