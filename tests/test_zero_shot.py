@@ -30,6 +30,9 @@ def test_a_plain_vlm_loads_zero_shot_warns_and_scores_like_the_scorer(family, tm
     assert f"{float(mass):.3f} of its next-token probability" in warnings[0]
     images = random_images(2, 56, 56)
     torch.testing.assert_close(loss_fn.score(images, PROMPTS).probs, reference(images.add(1).div(2), PROMPTS).probs)
+    scorer = ZRewardScorer.from_pretrained(tmp_path)  # the scorer alone, read the same way
+    unit = images.add(1).div(2)
+    torch.testing.assert_close(scorer(unit, PROMPTS).probs, reference(unit, PROMPTS).probs)
     images.requires_grad_()
     loss_fn(images, PROMPTS).backward()
     assert images.grad.abs().sum() > 0

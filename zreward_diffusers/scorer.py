@@ -133,6 +133,7 @@ class ZRewardScorer(nn.Module):
         self.register_buffer("dimension_weights", self.rubric.weights_tensor(), persistent=False)
         self.special_tokens = special_tokens_of(processor)
         self._special_token_pattern = special_token_pattern(self.special_tokens)
+
         self._mass_reads = 0
         self._warned_low_mass = False
         # Token-side inputs per (prompt, dimension, reasoning, image size), least recently used evicted first.
@@ -140,6 +141,14 @@ class ZRewardScorer(nn.Module):
         self._gradient_checkpointing = False
         self.model.requires_grad_(False)
         self.train(False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> ZRewardScorer:
+        """The scorer of a Z-Reward checkpoint, or of a plain transformers VLM of a supported family read zero-shot
+        (with the same warning): `ZRewardLoss.from_pretrained(...).scorer`; `kwargs` as there."""
+        from .loss import ZRewardLoss
+
+        return ZRewardLoss.from_pretrained(pretrained_model_name_or_path, **kwargs).scorer
 
     @property
     def tokenizer(self):
