@@ -207,9 +207,12 @@ def main(argv: list[str] | None = None) -> dict:
         plans = {job: run_commands(job[0], job[1], out / job[0] / f"seed{job[1]}", args.teacher, args.steps)
                  for job in jobs}  # every plan is checked before anything runs
         with ThreadPoolExecutor(args.lanes) as pool:
-            for future in [pool.submit(_run, plans[job], out / job[0] / f"seed{job[1]}" / "log.txt")
-                           for job in jobs]:
-                future.result()
+            futures = {job: pool.submit(_run, plans[job], out / job[0] / f"seed{job[1]}" / "log.txt")
+                       for job in jobs}
+        failed = [f"{guard} seed {seed}: {future.exception()}" for (guard, seed), future in futures.items()
+                  if future.exception() is not None]
+        for line in failed:  # the others are tabulated; a rerun resumes the failed ones from their checkpoints
+            sys.stderr.write(f"reward_hacking: failed: {line}\n")
     runs = collect(out, args.guards, args.seeds)
     table = aggregate(runs)
     text = markdown(table)
