@@ -6,7 +6,10 @@ decoded images with the reward (the RISD student: one differentiable forward), a
 parameters only. Guardrails (same section of docs/method.md): the uncertainty-averse reward (κ > 0 subtracts κ·σ), a
 velocity-space L2 to the frozen base at the steps that carry gradients, ReFL's saturating φ(r) = ReLU(margin − r),
 monitors (reward mean/std, the reward model's own σ on the samples, sample diversity, colour saturation) and early
-stopping on a held-out judge (the synthetic world's pixel oracle, for the world's prompts).
+stopping on a held-out judge (the synthetic world's pixel oracle, for the world's prompts). The objective keywords
+of `ZRewardLoss` (`reward_statistic`, `reward_combine`, `reward_floors`, ...) pick what the reward reads of the
+distribution; with `redistill_every` > 0 the teacher re-scores the generator's own samples every so many steps and
+the student is refreshed on them (`pipelines.redistill`, online re-distillation).
 
     python -m pipelines.reward_finetune --config pipelines/configs/draft_tiny.yaml
     accelerate launch -m pipelines.reward_finetune --config pipelines/configs/draft_sdxl.yaml
@@ -32,6 +35,7 @@ from tqdm.auto import tqdm
 from training.config import check_at_least, check_choice, none_if_off, parse_args
 from training.state import CheckpointManager, Progress, prepare_output_dir, write_text_atomic
 from zreward_diffusers import ZRewardLoss
+from zreward_diffusers.loss import COMBINATIONS, STATISTICS
 
 from .attention import configure_attention
 from .lora import DEFAULT_TARGETS, add_lora, denoiser_of, diversity, saturation, save_lora
@@ -52,7 +56,12 @@ class RewardFinetuneConfig:
     help_groups: ClassVar[dict[str, tuple[str, ...]]] = {
         "Generator": ("pretrained", "num_inference_steps", "guidance_scale", "height", "width", "max_sequence_length",
                       "mixed_precision", "gradient_checkpointing"),
-        "Reward": ("reward", "reward_device", "kappa", "reward_dimensions", "normalize_reward"),
+        "Reward": ("reward", "reward_device", "kappa", "reward_dimensions", "normalize_reward", "reward_statistic",
+                   "reward_alpha", "reward_threshold", "reward_combine", "reward_temperature", "reward_floors",
+                   "reward_floor_weight"),
+        "Online re-distillation": ("redistill_every", "redistill_teacher", "redistill_samples", "redistill_chains",
+                                   "redistill_max_new_tokens", "redistill_steps", "redistill_lr",
+                                   "redistill_batch_size"),
         "Method": ("method", "k", "lv_samples", "refl_last_steps", "refl_margin", "velocity_l2_weight"),
         "Prompts": ("prompts", "num_prompts", "eval_prompts", "batch_size", "eval_batch_size"),
         "LoRA and optimisation": ("lora_rank", "lora_alpha", "lora_targets", "lr", "max_grad_norm", "steps", "seed"),
@@ -68,7 +77,21 @@ class RewardFinetuneConfig:
     reward_device: str | None = field(default=None, metadata={"help": "device of the reward (default: generator's)"})
     kappa: float = field(default=0.0, metadata={"help": "uncertainty aversion: the reward minus kappa * sigma"})
     reward_dimensions: list | None = field(default=None, metadata={"help": "rubric dimensions rewarded (default all)"})
-    normalize_reward: bool = field(default=True, metadata={"help": "running mean/std normalisation of mu"})
+    normalize_reward: bool = field(default=True, metadata={
+        "help": "running mean/std normalisation of mu (reward_statistic mean only; kept as they are across "
+                "re-distillation refreshes)"})
+    reward_statistic: str = field(default="mean", metadata={
+        "help": f"what each dimension contributes: one of {STATISTICS} (not mean: set normalize_reward false); "
+                "overrides the checkpoint's setting, as every reward_* field does"})
+    reward_alpha: float | None = field(default=None, metadata={
+        "help": "level of the quantile / cvar statistic, in (0, 1] (none: 0.25)"})
+    reward_threshold: float | None = field(default=None, metadata={
+        "help": "the score of the tail statistic, P(score >= threshold)"})
+    reward_combine: str = field(default="weighted", metadata={"help": f"across dimensions: one of {COMBINATIONS}"})
+    reward_temperature: float | None = field(default=None, metadata={"help": "tau of softmin (none: 0.05)"})
+    reward_floors: dict | None = field(default=None, metadata={
+        "help": "{dimension: floor} in the statistic's units: reward minus floor_weight * ReLU(floor - r_d)"})
+    reward_floor_weight: float = field(default=1.0, metadata={"help": "weight of the floor penalty"})
     method: str = field(default="draft", metadata={"help": f"one of {METHODS}"})
     k: int = field(default=1, metadata={"help": "DRaFT-K: steps with gradients"})
     lv_samples: int = field(default=2, metadata={"help": "DRaFT-LV: re-noised samples per prompt"})
@@ -115,6 +138,22 @@ class RewardFinetuneConfig:
     output_dir: str = field(default="runs/draft", metadata={"help": "LoRA weights, checkpoints, metrics"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker (none: off)"})
     mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision"})
+    redistill_every: int = field(default=0, metadata={
+        "help": "every this many steps the teacher scores the generator's own samples and the student is refreshed "
+                "by RISD on them (0: off). Cost: R = steps // redistill_every refreshes; teacher chains = R x "
+                "redistill_samples x dimensions x redistill_chains (each <= redistill_max_new_tokens tokens); "
+                "student rows R x redistill_steps x redistill_batch_size x dimensions; logged in metrics.json"})
+    redistill_teacher: str | None = field(default=None, metadata={
+        "help": "the Z-Reward teacher checkpoint (e.g. runs/demo/teacher_gdso/model; tiny: a random tiny teacher, "
+                "for tests); required with redistill_every"})
+    redistill_samples: int = field(default=32, metadata={
+        "help": "generator samples per refresh (training prompts, seeds from (seed, refresh))"})
+    redistill_chains: int = field(default=4, metadata={"help": "M: teacher reasoning chains per input"})
+    redistill_max_new_tokens: int = field(default=96, metadata={"help": "teacher reasoning length limit"})
+    redistill_steps: int = field(default=10, metadata={"help": "student optimizer steps per refresh"})
+    redistill_lr: float = field(default=1e-4, metadata={"help": "the student's AdamW learning rate"})
+    redistill_batch_size: int = field(default=8, metadata={
+        "help": "images per student step (all rewarded dimensions each); also inputs per teacher generation call"})
 
     def __post_init__(self):
         self.log_with = none_if_off(self.log_with)
@@ -123,7 +162,22 @@ class RewardFinetuneConfig:
         check_choice(self, "mixed_precision", ("no", "fp16", "bf16"))
         check_at_least(self, 1, "batch_size", "eval_batch_size", "steps", "num_inference_steps", "save_every",
                        "checkpoints_total_limit", "k", "lv_samples", "lora_rank")
-        check_at_least(self, 0, "eval_every", "early_stopping_patience", "eval_prompts")
+        check_at_least(self, 0, "eval_every", "early_stopping_patience", "eval_prompts", "redistill_every")
+        check_choice(self, "reward_statistic", STATISTICS)
+        check_choice(self, "reward_combine", COMBINATIONS)
+        if self.normalize_reward and self.reward_statistic != "mean":
+            raise ValueError(f"`normalize_reward` standardises the expected score; it does not apply to "
+                             f"`reward_statistic` {self.reward_statistic!r}: set normalize_reward false, or "
+                             "reward_statistic mean")
+        if self.redistill_every:
+            if not self.redistill_teacher:
+                raise ValueError("`redistill_every` > 0 needs a `redistill_teacher` (a Z-Reward teacher checkpoint, "
+                                 "e.g. runs/demo/teacher_gdso/model)")
+            check_at_least(self, 1, "redistill_samples", "redistill_chains", "redistill_max_new_tokens",
+                           "redistill_steps", "redistill_batch_size")
+            if not (isinstance(self.redistill_lr, int | float) and math.isfinite(self.redistill_lr)
+                    and self.redistill_lr > 0):
+                raise ValueError(f"`redistill_lr` must be a positive number, got {self.redistill_lr!r}")
 
 
 def load_pipeline(name: str, seed: int = 0):
@@ -137,7 +191,10 @@ def load_pipeline(name: str, seed: int = 0):
 
 
 def load_reward(name: str, config: RewardFinetuneConfig) -> ZRewardLoss:
-    overrides = dict(kappa=config.kappa, normalize=config.normalize_reward, margin=config.refl_margin)
+    overrides = dict(kappa=config.kappa, normalize=config.normalize_reward, margin=config.refl_margin,
+                     statistic=config.reward_statistic, alpha=config.reward_alpha, threshold=config.reward_threshold,
+                     combine=config.reward_combine, temperature=config.reward_temperature,
+                     floors=config.reward_floors, floor_weight=config.reward_floor_weight)
     if config.reward_dimensions:
         overrides["dimensions"] = list(config.reward_dimensions)
     if name == "tiny":
@@ -200,13 +257,25 @@ class RewardFinetuner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.denoiser, self.optimizer, self.scheduler = self.accelerator.prepare(denoiser, self.optimizer,
                                                                                  self.scheduler)
+        self.redistiller = None
+        if config.redistill_every:  # before the resume: it registers the hooks that save and restore the student
+            from .redistill import Redistiller
+
+            self.redistiller = Redistiller(self)
         self.checkpoints = CheckpointManager(self.accelerator, self.output_dir / "checkpoints",
                                              config.checkpoints_total_limit)
         self.start_step, self.seconds, self.history = 0, 0.0, []
+        self.evaluations, self.best, self.waited = [], -math.inf, 0
         progress = self.checkpoints.resume() if config.resume else None
         if progress is not None:
             self.start_step, self.seconds = progress.step, progress.train_seconds
             self.history = progress.extra["history"]
+            # the evaluations so far and the early-stopping state go on where they were
+            self.evaluations = progress.extra.get("evaluations", [])
+            best = progress.extra.get("best")
+            self.best, self.waited = -math.inf if best is None else best, progress.extra.get("waited", 0)
+            if self.redistiller is not None:
+                self.redistiller.restore(progress.extra)
             stats = progress.extra["reward_stats"]  # the reward's running normalisation goes on where it was
             self.reward.running_mean.copy_(torch.tensor(stats["running_mean"]))
             self.reward.running_var.copy_(torch.tensor(stats["running_var"]))
@@ -303,8 +372,9 @@ class RewardFinetuner:
         if config.log_with:
             hparams = {k: v for k, v in asdict(config).items() if isinstance(v, int | float | str | bool)}
             accelerator.init_trackers("reward_finetune", config=hparams)
-        evaluations = [] if self.start_step else [{"step": 0, **self.evaluate()}]
-        best, waited, stopped_early = -math.inf, 0, False
+        if not self.start_step:
+            self.evaluations = [{"step": 0, **self.evaluate()}]
+        evaluations, stopped_early = self.evaluations, False
         bar = tqdm(range(self.start_step, config.steps), desc=config.method, initial=self.start_step,
                    total=config.steps, disable=not accelerator.is_local_main_process)
         started = time.perf_counter()
@@ -314,20 +384,22 @@ class RewardFinetuner:
             self.history.append({"step": done, **logs})
             bar.set_postfix(reward=f"{logs['reward_mean']:.3f}")
             accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=done)
+            if self.redistiller is not None and done % config.redistill_every == 0:
+                self.redistiller.refresh(done // config.redistill_every, done)
             if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
                 evaluation = {"step": done, **self.evaluate()}
                 evaluations.append(evaluation)
                 accelerator.log({f"eval/{k}": v for k, v in evaluation.items() if k != "step"}, step=done)
                 score = evaluation.get("eval_judge_score", evaluation["eval_expected_score"])
-                if score > best:
-                    best, waited = score, 0
+                if score > self.best:
+                    self.best, self.waited = score, 0
                     self.save_lora("best_lora")
                 else:
-                    waited += 1
-                if config.early_stopping_patience and waited >= config.early_stopping_patience:
+                    self.waited += 1
+                if config.early_stopping_patience and self.waited >= config.early_stopping_patience:
                     stopped_early = True
                     logger.info("early stop at step %d: the judged score has not improved for %d evaluations",
-                                done, waited)
+                                done, self.waited)
                     break
             if done % config.save_every == 0 or done == config.steps:
                 self.save_state(done, self.seconds + time.perf_counter() - started)
@@ -336,6 +408,10 @@ class RewardFinetuner:
         metrics = {"method": config.method, "steps": config.steps, "resumed_from_step": self.start_step,
                    "train_seconds": round(self.seconds, 1),
                    "stopped_early": stopped_early, "evaluations": evaluations, "history": self.history}
+        if self.redistiller is not None:
+            metrics.update(self.redistiller.metrics(self.seconds))
+            if accelerator.is_main_process:  # the refreshed reward, loadable with ZRewardLoss.from_pretrained
+                self.redistiller.save_reward(self.output_dir / "reward")
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -350,7 +426,11 @@ class RewardFinetuner:
     def save_state(self, step: int, seconds: float) -> None:
         stats = {"running_mean": self.reward.running_mean.tolist(), "running_var": self.reward.running_var.tolist(),
                  "num_batches_tracked": int(self.reward.num_batches_tracked)}
-        self.checkpoints.save(Progress(step, seconds, {"history": self.history, "reward_stats": stats}))
+        extra = {"history": self.history, "reward_stats": stats, "evaluations": self.evaluations,
+                 "best": None if self.best == -math.inf else self.best, "waited": self.waited}
+        if self.redistiller is not None:
+            extra.update(self.redistiller.state())
+        self.checkpoints.save(Progress(step, seconds, extra))
 
 
 def main(argv: list[str] | None = None) -> dict:
