@@ -11,7 +11,8 @@ prompts disjoint from the validation and training prompts (`pipelines.judging --
 
 Guards (`GUARDS`): `none`; `kappa` (κ = 1, uncertainty aversion); `cvar` (CVaR at α = 0.25 per dimension);
 `softmin` (soft minimum over dimensions, τ = 0.05); `velocity_l2` (velocity-space L2 to the base, weight 1);
-`redistill` (online re-distillation from the teacher every 50 steps); `combined` (all of them).
+`redistill` (online re-distillation from the teacher every 100 steps on 16 fresh samples); `combined` (all of
+them).
 
     python -m benchmarks.reward_hacking --out runs/benchmarks/reward_hacking --seeds 0 1 2 \\
         --teacher runs/demo/teacher_gdso/model --lanes 2
@@ -38,7 +39,7 @@ BASE_CONFIG = ROOT / "pipelines" / "configs" / "draft_tiny.yaml"
 AGGRESSIVE = {"pretrained": str(ROOT / "world" / "generator"), "reward": str(ROOT / "world" / "student_risd"),
               "lr": 1e-3, "steps": 400, "batch_size": 4, "eval_prompts": 64, "eval_every": 25,
               "early_stopping_patience": 0, "save_every": 50, "log_with": "none"}
-REDISTILL = {"redistill_every": 50}
+REDISTILL = {"redistill_every": 100, "redistill_samples": 16}  # 4 refreshes x 16 images x 4 dimensions x 4 chains
 GUARDS = {
     "none": {},
     "kappa": {"kappa": 1.0},
