@@ -371,6 +371,23 @@ def test_malformed_messages_get_error_replies_and_the_server_goes_on(thread_serv
     assert remote.server_stats()["errors"] == len(cases) + 1
 
 
+def test_hostile_first_messages_do_not_stop_the_server(thread_server):
+    """Before any authentication: an absurd tensor shape and a deeply nested header are refused and the server goes
+    on serving (both once escaped as a plain ValueError / RecursionError and stopped it)."""
+    _, start = thread_server
+    address = start()
+    host, port = address.rsplit(":", 1)
+    hostile = [_frame({"type": "client_hello", "protocol": 1, "tensors": [{"name": "x", "dtype": "float32",
+                                                                           "shape": [0, 2**70]}]}),
+               b"ZRW1" + struct.pack(">IQ", 60_000, 0) + b"[" * 60_000]
+    for frame in hostile:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            assert _read_frame(sock)["type"] == "server_hello"
+            sock.sendall(frame)
+            assert _read_frame(sock)["type"] == "error"
+    assert RemoteReward(address, timeout=10)(random_images(1, 8, 8), ["a"]).shape == (1,)
+
+
 def test_token_is_checked_both_ways(thread_server, monkeypatch):
     monkeypatch.delenv("ZREWARD_REMOTE_TOKEN", raising=False)
     _, start = thread_server

@@ -132,12 +132,15 @@ def read_prefix(prefix: bytes, max_header: int, max_payload: int) -> tuple[int, 
     return header_bytes, payload_bytes
 
 
+_MAX_DIMENSION = 2**31 - 1  # a larger extent is no image; numpy refuses some of them with a plain ValueError
+
+
 def decode_message(head: bytes, payload: bytearray) -> tuple[dict, dict[str, torch.Tensor]]:
     """The header and tensors of a frame (after its prefix); a `ProtocolError` naming what is wrong otherwise."""
     try:
         header = json.loads(bytes(head).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError(f"header is not UTF-8 JSON: {error}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # RecursionError: deeply nested JSON
+        raise ProtocolError(f"header is not UTF-8 JSON: {type(error).__name__}") from None
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise ProtocolError("header must be a JSON object with a string 'type'")
     specs = header.pop("tensors", [])
@@ -153,9 +156,10 @@ def decode_message(head: bytes, payload: bytearray) -> tuple[dict, dict[str, tor
         if dtype not in _WIRE_DTYPES:
             raise ProtocolError(f"tensor {name!r}: dtype must be one of {sorted(_WIRE_DTYPES)}, got {dtype!r}")
         if (not isinstance(shape, list) or len(shape) > _MAX_RANK
-                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-            raise ProtocolError(f"tensor {name!r}: shape must be a list of at most {_MAX_RANK} non-negative "
-                                f"integers, got {shape!r}")
+                or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= _MAX_DIMENSION
+                           for n in shape)):
+            raise ProtocolError(f"tensor {name!r}: shape must be a list of at most {_MAX_RANK} integers in "
+                                f"[0, {_MAX_DIMENSION}], got {str(shape)[:200]}")
         torch_dtype, wire = _WIRE_DTYPES[dtype]
         count = math.prod(shape)
         nbytes = count * np.dtype(wire).itemsize
@@ -715,7 +719,12 @@ class _Server:
             else:
                 head, payload = connection.head, connection.target
                 connection.next_frame()
-                self._handle(connection, head, payload)
+                try:
+                    self._handle(connection, head, payload)
+                except Exception as error:  # whatever a message does, the server goes on serving the others
+                    logger.exception("remote reward: a message from %s failed unexpectedly", connection.peer)
+                    self._error(connection, None, ProtocolError(f"the message could not be handled: "
+                                                                f"{type(error).__name__}"), fatal=True)
 
     def _handle(self, connection: _Connection, head: bytearray, payload: bytearray) -> None:
         try:
