@@ -301,6 +301,32 @@ def test_bench_command_errors(tmp_path, tiny_model, capsys):
     assert "names 'hpdv2' twice" in error("--data", f"hpdv2={tmp_path / 'test.json'}",
                                           "--data", f"hpdv2={tmp_path / 'test.json'}")
     assert "not one saved by `datasets`" in error("--data", f"hpdv2={tmp_path}")
+    assert "hpdv2 take none" in error("--data", f"hpdv2={tmp_path / 'test.json'}",
+                                      "--validation", f"hpdv2={tmp_path / 'test.json'}")
+
+
+def test_richhf_reads_only_the_dimensions_the_model_has(tmp_path):
+    """A model without `physical_plausibility` is still calibrated on RichHF's other columns."""
+    import torch
+
+    from zreward_diffusers import ZRewardLoss
+    from zreward_diffusers.testing import build_tiny_scorer
+
+    loss_fn = ZRewardLoss(build_tiny_scorer("qwen2_vl"), dimensions=["alignment", "aesthetics"])
+    loss_fn.scorer.rubric = type(loss_fn.rubric)(dimensions=tuple(
+        d for d in loss_fn.rubric.dimensions if d.name in ("alignment", "aesthetics")))
+    rows = [{"filename": save_png(tmp_path / f"r{i}.png", 700 + i), "prompt": f"rich {i}", "aesthetics_score": s,
+             "artifact_score": 0.5, "misalignment_score": 1 - s, "overall_score": s}
+            for i, s in enumerate([0.2, 0.6, 0.9])]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with torch.no_grad():
+        result = bench.run_benchmark(loss_fn, "richhf", str(tmp_path / "rows.jsonl"), progress=False)
+    assert set(result["dimensions"]) == {"alignment", "aesthetics"}
+
+
+def test_run_benchmarks_refuses_a_misplaced_validation_before_scoring(loss_fn):
+    with pytest.raises(ValueError, match="take none"):
+        bench.run_benchmarks(loss_fn, {"hpdv2": [], "pickapic": []}, validation={"hpdv2": []})
 
 
 def test_run_benchmark_refuses_validation_for_other_benchmarks(loss_fn):

@@ -32,10 +32,13 @@ richhf         ``from_richhf18k``                     calibration per dimension:
 evalmuse       ``from_evalmuse``                      as richhf
 =============  =====================================  ================================================================
 
-For Pick-a-Pic, ``P(a > b)`` is the probability that the overall reward of ``a`` beats that of ``b`` under the
-two distributions, computed per dimension with :func:`~zreward_diffusers.distributions.preference_probability`
-and combined with the rubric's weights; PickScore thresholds the difference of its two softmax probabilities,
-``|p_0 - p_1|``, the same quantity for a Bradley-Terry score. Sources of the rules: HPSv2's
+For Pick-a-Pic, ``P(a > b)`` is the rubric-weighted mean over dimensions of ``P(a_d > b_d)``, the probability
+that a draw from ``a``'s distribution of dimension ``d`` beats one from ``b``'s (ties 1/2;
+:func:`~zreward_diffusers.distributions.preference_probability`, eq. 4) — not the probability that ``a``'s overall
+reward beats ``b``'s, which can order a pair differently when the dimensions disagree; PickScore thresholds the
+difference of its two softmax probabilities, ``|p_0 - p_1|``, the same quantity for a Bradley-Terry score. HPDv2's
+and ImageReward's groups are the readers' groups: the prompt (HPDv2) and ``prompt_id`` (ImageReward); two HPDv2 rows
+with the same prompt text form one group, where HPSv2 scores each row alone. Sources of the rules: HPSv2's
 ``hpsv2/src/training/train.py`` (``inversion_score``, and ``calc_ImageReward`` for ImageReward's test),
 PickScore's ``trainer/scripts/eval_preference_predictor.py``, and for GenAI-Bench the "w/ ties" / "w/o ties"
 accuracies of the reward-model literature (tie calibration: Deutsch et al., "Ties Matter", arXiv 2305.14324).
@@ -223,11 +226,11 @@ def genai_bench_accuracy(score_a, score_b, outcome) -> dict:
 # ---------------------------------------------------------------- scoring a benchmark
 
 
-def _load(name: str, source, root=None, *, dimensions, levels, verify_images: bool) -> RewardDataset:
+def _load(name: str, source, root=None, *, dimensions, levels, verify_images: bool, **extra) -> RewardDataset:
     from .data import formats
 
     reader: Callable = getattr(formats, BENCHMARKS[name].reader)
-    options = {"dimensions": dimensions, "levels": levels, "verify_images": verify_images}
+    options = {"dimensions": dimensions, "levels": levels, "verify_images": verify_images, **extra}
     if root is not None:
         options["root"] = root
     return reader(source, **options)
@@ -316,7 +319,13 @@ def run_benchmark(loss_fn, name: str, source, *, validation=None, root=None, bat
         if not dimensions:
             raise ValueError(f"{name}: the model's rubric has none of the rated dimensions "
                              f"{list(DEFAULT_DIMENSIONS)}")
-    dataset = _load(name, source, root, dimensions=dimensions, levels=rubric.levels, verify_images=verify_images)
+    options = {}
+    if name == "richhf":  # only the rated columns whose dimension the model has
+        from .data.formats import RICHHF_SCORE_LABELS
+
+        options["score_labels"] = {column: d for column, d in RICHHF_SCORE_LABELS.items() if d in dimensions}
+    dataset = _load(name, source, root, dimensions=dimensions, levels=rubric.levels, verify_images=verify_images,
+                    **options)
     probs = _model_scores(loss_fn.scorer, dataset, batch_size, progress)
     result = {"benchmark": benchmark.title, "num_images": len(dataset.records)}
     if benchmark.kind == "ratings":
@@ -355,6 +364,9 @@ def run_benchmarks(loss_fn, sources: Mapping[str, object], *, validation: Mappin
         stray = sorted(set(given) - set(sources))
         if stray:
             raise ValueError(f"`{argument}` names benchmark(s) {stray} that have no source")
+    if set(validation) - {"pickapic"}:  # before anything is scored
+        raise ValueError(f"`validation` sets Pick-a-Pic's tie threshold; {sorted(set(validation) - {'pickapic'})} "
+                         "take none")
     return {name: run_benchmark(loss_fn, name, sources[name], validation=validation.get(name),
                                 root=roots.get(name), **options)
             for name in BENCHMARKS if name in sources}

@@ -176,6 +176,9 @@ def _bench(args) -> int:
         stray = sorted(set(named) - set(sources))
         if stray:
             raise UserError(f"{option} names {', '.join(stray)} with no --data")
+    others = sorted(set(validation) - {"pickapic"})
+    if others:
+        raise UserError(f"--validation sets Pick-a-Pic's tie threshold; {', '.join(others)} take none")
     loaded = {name: _local_copy(path, "--data") for name, path in sources.items()}
     held = {name: _local_copy(path, "--validation") for name, path in validation.items()}
     for name, path in roots.items():
