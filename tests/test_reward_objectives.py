@@ -257,6 +257,11 @@ def test_objective_settings_survive_save_and_load(scorer, tmp_path):
     ZRewardLoss(scorer, **settings).save_pretrained(tmp_path / "checkpoint")
     loaded = ZRewardLoss.from_pretrained(tmp_path / "checkpoint")
     assert {key: getattr(loaded, key) for key in settings} == settings
-    overridden = ZRewardLoss.from_pretrained(tmp_path / "checkpoint", statistic="mean", alpha=None, combine="weighted",
-                                             temperature=None, floors=None)
-    assert (overridden.statistic, overridden.combine, overridden.floors) == ("mean", "weighted", {})
+    # overriding a choice drops the saved settings that belonged to it (alpha with the statistic, temperature
+    # with the combination); floors are kept unless overridden too
+    overridden = ZRewardLoss.from_pretrained(tmp_path / "checkpoint", statistic="mean", combine="weighted")
+    assert (overridden.statistic, overridden.alpha, overridden.combine, overridden.temperature) == (
+        "mean", None, "weighted", None)
+    assert overridden.floors == {"alignment": 2.5}
+    quantile = ZRewardLoss.from_pretrained(tmp_path / "checkpoint", statistic="quantile")
+    assert (quantile.alpha, quantile.temperature) == (0.25, 0.2)  # the default alpha; softmin still saved

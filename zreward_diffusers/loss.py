@@ -350,7 +350,8 @@ class ZRewardLoss(nn.Module):
                 outputs.append(self.scorer.score_pil(chunk, chunk_prompts, dimensions=self.dimensions))
         # shaped together: a groupwise reward compares images across chunks
         whole = replace(outputs[0], **{key: torch.cat([getattr(o, key) for o in outputs])
-                                       for key in ("probs", "expected", "std")})
+                                       for key in ("probs", "expected", "std", "entropy", "reward",
+                                                   "score_token_mass", "logits")})
         reward = self._shape(whole, prompts, update=False).float().cpu()
         expected = whole.expected.float().cpu()
         return {"reward": reward, **{d: expected[:, i] for i, d in enumerate(self.dimensions)}}
@@ -550,6 +551,13 @@ class ZRewardLoss(nn.Module):
         unknown = set(overrides) - set(saved) - set(RESTORED_SETTINGS)
         if unknown:
             raise TypeError(f"unexpected keyword arguments {sorted(unknown)} for ZRewardLoss.from_pretrained")
+        # a saved setting that belongs to an overridden choice goes with it (e.g. the saved `alpha` of a CVaR
+        # checkpoint loaded with statistic="mean")
+        for choice, dependents in (("statistic", ("alpha", "threshold")), ("combine", ("temperature",))):
+            if choice in overrides:
+                for key in dependents:
+                    if key not in overrides:
+                        saved.pop(key, None)
         loss = cls(scorer, **{**saved, **overrides})
         if running and "dimensions" not in overrides:
             loss.running_mean.copy_(torch.tensor(running["running_mean"]))
