@@ -48,8 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from .dataset import DEFAULT_DIMENSIONS, DEFAULT_LEVELS, RewardDataset
-from .jsonl import parse_json
-from .readers import IMAGE_OPEN_ERRORS, image_value, read_table, unreadable_row
+from .readers import IMAGE_OPEN_ERRORS, _number, image_value, read_table, unreadable_row
+from .readers import _json_text as _parsed  # numeric text and JSON text in CSV cells, read as `readers` reads them
 from .records import Pair, Record
 from .validation import (
     BadRow,
@@ -450,28 +450,9 @@ def _hpdv2_problem(row: dict, image_column: str, images, nan: bool = True) -> tu
 # -- Helpers shared by the mappers below ----------------------------------------------------------------------------
 
 
-def _number(value):
-    """A float for numeric text (CSV cells; releases that store numbers as strings); anything else unchanged."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def _numbers(value):
     """`_number` of each item of a list (a CSV cell parsed from JSON may hold numeric text); anything else as is."""
     return [_number(item) for item in value] if isinstance(value, list) else _number(value)
-
-
-def _parsed(value):
-    """Parsed JSON for text (CSV cells; columns a release stores as JSON strings); anything else, or text that is
-    not JSON, unchanged (for the checks to judge)."""
-    if isinstance(value, str):
-        parsed, error = parse_json(value)
-        return value if error is not None else parsed
-    return value
 
 
 def _absent(value, nan: bool = True) -> bool:
