@@ -19,9 +19,9 @@ break and the place. The parameters' `.grad` are restored afterwards: the check 
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -119,12 +119,15 @@ def _location() -> str:
     """The innermost frame outside torch and this module (the line that made the call) and, when it differs, the
     outermost one below `check_grad_flow` (the line of the step or reward that led there)."""
     frames = []
-    for frame in inspect.stack(context=0)[2:]:
-        path = os.path.abspath(frame.filename)
-        if path == _HERE and frame.function == "check_grad_flow":
+    frame = sys._getframe(2)  # a plain walk up the frames: no source lines read (a broken step records many breaks)
+    while frame is not None:
+        code = frame.f_code
+        path = os.path.abspath(code.co_filename)
+        if path == _HERE and code.co_name == "check_grad_flow":
             break
         if path != _HERE and not path.startswith(_TORCH_DIR) and "contextlib" not in path:
-            frames.append(f"{frame.filename}:{frame.lineno} in {frame.function}")
+            frames.append(f"{code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        frame = frame.f_back
     if not frames:
         return "<unknown>"
     return frames[0] if len(frames) == 1 else f"{frames[0]}, called from {frames[-1]}"
