@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import string
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -52,7 +51,7 @@ from zreward_diffusers.data import RewardDataset, load_dataset
 
 from .config import check_at_least, check_choice, parse_args
 from .sequences import Row, RowEncoder, forward_rows
-from .state import write_text_atomic
+from .state import AppendLog, write_text_atomic
 from .trainer import load_base
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,6 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "settings.json"
 SUMMARY_FILE = "summary.json"
 DATASET_DIR = "dataset"
-RESULTS_GLOB = "annotations*.jsonl"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INSTRUCTION_FIELDS = ("prompt", "dimension", "question", "label", "low", "high")
 DEFAULT_INSTRUCTION = (
@@ -252,37 +250,18 @@ def decide(rationale: str, finished: bool, expected: float | None, label: float,
 
 # ------------------------------------------------------------------------------------------------ the run
 class ResultsLog:
-    """The chunks done, one JSON line each, in `annotations.jsonl` (process r > 0: `annotations.<r>.jsonl`);
-    every process reads all files, and cuts a torn last line off its own only (as `training.teacher_cache`)."""
+    """The chunks done, one JSON line each, in `annotations.jsonl` (process r > 0: `annotations.<r>.jsonl`), through
+    `training.state.AppendLog` as the teacher cache keeps its entries."""
 
     def __init__(self, directory: Path, rank: int):
-        self.directory = directory
-        self.path = directory / ("annotations.jsonl" if rank == 0 else f"annotations.{rank}.jsonl")
+        self.log = AppendLog(directory, "annotations", rank)
+        self.path = self.log.path
 
     def load(self) -> dict[int, list[dict]]:
-        chunks = {}
-        for path in sorted(self.directory.glob(RESULTS_GLOB)):
-            good_bytes = 0
-            with open(path, "rb") as file:
-                for line in file:
-                    if not line.endswith(b"\n"):
-                        break
-                    try:
-                        value = json.loads(line)
-                    except json.JSONDecodeError:
-                        break
-                    chunks[value["chunk"]] = value["results"]
-                    good_bytes += len(line)
-            if path == self.path and good_bytes != path.stat().st_size:
-                with open(path, "r+b") as file:
-                    file.truncate(good_bytes)
-        return chunks
+        return {value["chunk"]: value["results"] for value in self.log.read()}
 
     def append(self, chunk: int, results: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps({"chunk": chunk, "results": results}) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        self.log.append([{"chunk": chunk, "results": results}])
 
 
 def dataset_fingerprint(dataset: RewardDataset) -> str:

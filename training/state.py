@@ -72,6 +72,43 @@ def write_text_atomic(path: Path, text: str) -> None:
     fsync_directory(path.parent)
 
 
+class AppendLog:
+    """JSON lines appended by each process to its own file in `directory`: `<stem>.jsonl` for process 0,
+    `<stem>.<rank>.jsonl` for process `rank` (a process only ever writes, and cuts a torn line off, its own file, so
+    none can cut a line another is still writing). `read()` returns the complete lines of every process's file, in
+    file order; each `append` is flushed and fsynced, so an interrupted run keeps every line it finished. Used by
+    the teacher cache (`training.teacher_cache`) and the annotator (`training.annotate`)."""
+
+    def __init__(self, directory: str | os.PathLike, stem: str, rank: int = 0):
+        self.directory = Path(directory)
+        self.stem = stem
+        self.path = self.directory / (f"{stem}.jsonl" if rank == 0 else f"{stem}.{rank}.jsonl")
+
+    def read(self) -> list:
+        values = []
+        for path in sorted(self.directory.glob(f"{self.stem}*.jsonl")):
+            good_bytes = 0
+            with open(path, "rb") as file:
+                for line in file:
+                    if not line.endswith(b"\n"):
+                        break
+                    try:
+                        values.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        break
+                    good_bytes += len(line)
+            if path == self.path and good_bytes != path.stat().st_size:  # our own interrupted write
+                with open(path, "r+b") as file:
+                    file.truncate(good_bytes)
+        return values
+
+    def append(self, values: list) -> None:
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write("".join(json.dumps(value) + "\n" for value in values))
+            file.flush()
+            os.fsync(file.fileno())
+
+
 def prepare_output_dir(output_dir: str | os.PathLike, config, accelerator) -> None:
     """Refuse to start a run over a previous one unless `config` says what to do with it.
 

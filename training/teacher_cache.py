@@ -34,11 +34,11 @@ from zreward_diffusers.checkpoint import CONFIG_NAME
 
 from .data import ImageBank
 from .sequences import Row, RowEncoder, forward_rows, sample_reasoning
+from .state import AppendLog
 
 logger = logging.getLogger(__name__)
 
 ENTRIES_FILE = "entries.jsonl"
-ENTRIES_GLOB = "entries*.jsonl"
 SETTINGS_FILE = "settings.json"
 
 
@@ -79,11 +79,6 @@ def input_key(image: np.ndarray | torch.Tensor, prompt: str, dimension: str) -> 
     return digest.hexdigest()
 
 
-def entries_file(rank: int) -> str:
-    """The file process `rank` appends to."""
-    return ENTRIES_FILE if rank == 0 else f"entries.{rank}.jsonl"
-
-
 class TeacherCache:
     """Entries of one (teacher, settings) fingerprint under `cache_dir`, as seen by process `rank`."""
 
@@ -99,34 +94,15 @@ class TeacherCache:
             temporary = settings_path.with_suffix(f".{os.getpid()}.tmp")
             temporary.write_text(json.dumps(asdict(settings), indent=2))
             temporary.replace(settings_path)
-        self.path = self.directory / entries_file(rank)  # the only file this process writes
+        self.log = AppendLog(self.directory, ENTRIES_FILE.removesuffix(".jsonl"), rank)
+        self.path = self.log.path  # the only file this process writes
 
     def load(self) -> dict[str, dict]:
-        """Every complete entry of every process's file. A torn last line is ignored; in this process's own file
-        (an interrupted write of its own) it is also cut off, in another's it may be a write still under way."""
-        entries = {}
-        for path in sorted(self.directory.glob(ENTRIES_GLOB)):
-            good_bytes = 0
-            with open(path, "rb") as file:
-                for line in file:
-                    if not line.endswith(b"\n"):
-                        break
-                    try:
-                        entry = json.loads(line)
-                    except json.JSONDecodeError:
-                        break
-                    entries[entry["key"]] = entry
-                    good_bytes += len(line)
-            if path == self.path and good_bytes != path.stat().st_size:
-                with open(path, "r+b") as file:
-                    file.truncate(good_bytes)
-        return entries
+        """Every complete entry of every process's file (`training.state.AppendLog`)."""
+        return {entry["key"]: entry for entry in self.log.read()}
 
     def append(self, entries: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write("".join(json.dumps(entry) + "\n" for entry in entries))
-            file.flush()
-            os.fsync(file.fileno())
+        self.log.append(entries)
 
 
 def average_chains(probs: np.ndarray, finished: list[bool]) -> np.ndarray:
