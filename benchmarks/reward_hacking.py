@@ -91,7 +91,8 @@ def summarise(metrics: dict, gsb: dict | None) -> dict:
     evaluations = metrics["evaluations"]
     mu = np.array([e["eval_expected_score"] for e in evaluations])
     oracle = np.array([e["eval_judge_score"] for e in evaluations])
-    best = int(np.argmax(oracle))
+    # best_lora is the best evaluation after step 0 (the training loop compares the evaluations it makes itself)
+    best = int(np.argmax(oracle[1:])) + 1 if len(oracle) > 1 else 0
     summary = {"student_gain": float(mu[-1] - mu[0]), "oracle_gain": float(oracle[-1] - oracle[0]),
                "oracle_worst_drop": float(min(0.0, (oracle[1:] - oracle[0]).min())) if len(oracle) > 1 else 0.0,
                "oracle_never_below_base": bool((oracle[1:] >= oracle[0]).all()),
