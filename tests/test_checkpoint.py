@@ -38,7 +38,7 @@ def test_overrides_and_unknown_keyword(tmp_path):
     create_tiny_checkpoint(tmp_path / "tiny", "qwen2_vl")
     assert ZRewardLoss.from_pretrained(tmp_path / "tiny", kappa=1.5).kappa == 1.5
     with pytest.raises(TypeError, match="unexpected keyword"):
-        ZRewardLoss.from_pretrained(tmp_path / "tiny", temperature=2.0)
+        ZRewardLoss.from_pretrained(tmp_path / "tiny", sharpness=2.0)
 
 
 def test_torch_dtype_and_device(tmp_path):

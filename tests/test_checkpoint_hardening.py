@@ -246,6 +246,9 @@ BAD_CONFIGS = [
     ("reward.running_var", _set("reward", "running_var"), ["1"] * 4),
     ("reward.num_batches_tracked", _set("reward", "num_batches_tracked"), -1),
     ("reward.temperature", _set("reward", "temperature"), 2.0),
+    ("reward.statistic", _set("reward", "statistic"), "median"),
+    ("reward.floors", _set("reward", "floors"), {"beauty": 3.0}),
+    ("reward.groupwise", _set("reward", "groupwise"), "yes"),
     ("quantize", _set("quantize"), "yes"),
 ]
 
@@ -320,7 +323,8 @@ def test_any_wrong_config_value_is_a_value_error_naming_the_file(ckpt):
             if keys[0] == "preprocessing":  # a record of the transform, never read back: the processor defines it
                 continue
             try:
-                ZRewardLoss.from_pretrained(ckpt).score(torch.rand(1, 3, 56, 56), ["a"])
+                # two images of one prompt: a valid batch under every setting (groupwise=True compares them)
+                ZRewardLoss.from_pretrained(ckpt).score(torch.rand(2, 3, 56, 56), ["a", "a"])
             except Exception as error:
                 raise AssertionError(f"{keys} = {value!r} passed read_config, then {type(error).__name__}: "
                                      f"{error}") from error

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -462,6 +463,17 @@ class _ConfigCheck:
                 if name not in rubric.dimension_names:
                     raise self.fail(f"reward.dimensions[{index}]", f"names {name!r}, not a rubric dimension; the "
                                                                    f"rubric has {list(rubric.dimension_names)}")
+        from .loss import objective_settings
+
+        objective = {key: reward[key] for key in ("statistic", "alpha", "threshold", "combine", "temperature",
+                                                  "floors", "floor_weight", "groupwise") if key in reward}
+        try:
+            objective_settings(**objective, kappa=reward.get("kappa", 0.0), normalize=reward.get("normalize", False),
+                               levels=rubric.levels, dimensions=dimensions)
+        except (ValueError, TypeError) as error:
+            named = re.search(r"`(\w+)", str(error))  # the setting the check names first
+            field = f"reward.{named.group(1)}" if named and named.group(1) in reward else "reward"
+            raise self.fail(field, f"is refused by the loss: {error}") from None
         present = [key for key in _RUNNING_STATS if key in reward]
         if present and len(present) != len(_RUNNING_STATS):
             missing = sorted(set(_RUNNING_STATS) - set(present))

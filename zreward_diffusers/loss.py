@@ -171,68 +171,12 @@ class ZRewardLoss(nn.Module):
 
     def _set_objective(self, statistic, alpha, threshold, combine, temperature, floors, floor_weight,
                        groupwise) -> None:
-        """Check and keep the objective's settings (class docstring); every mismatch is an error naming it."""
-        if statistic not in STATISTICS:
-            raise ValueError(f"`statistic` must be one of {STATISTICS}, got {statistic!r}")
-        if combine not in COMBINATIONS:
-            raise ValueError(f"`combine` must be one of {COMBINATIONS}, got {combine!r}")
-        if not isinstance(groupwise, bool):
-            raise TypeError(f"`groupwise` must be a bool, got {groupwise!r}")
-        levels = self.rubric.levels
-        if alpha is not None:
-            if statistic not in ("quantile", "cvar"):
-                raise ValueError(f"`alpha` applies to statistic='quantile' or 'cvar', not {statistic!r}")
-            alpha = _finite("alpha", alpha)
-            if not 0.0 < alpha <= 1.0:
-                raise ValueError(f"`alpha` must be in (0, 1], got {alpha}")
-        elif statistic in ("quantile", "cvar"):
-            alpha = DEFAULT_ALPHA
-        if statistic == "tail":
-            if threshold is None:
-                raise ValueError("statistic='tail' needs a `threshold`: the score whose exceedance probability is "
-                                 "rewarded")
-            threshold = _finite("threshold", threshold)
-            if not levels[0] < threshold <= levels[-1]:
-                raise ValueError(f"`threshold` must be in ({levels[0]}, {levels[-1]}], got {threshold}")
-            if self.kappa > 0:
-                raise ValueError("`kappa` subtracts a share of the score's std, which has no meaning next to a "
-                                 "probability: not with statistic='tail'")
-        elif threshold is not None:
-            raise ValueError(f"`threshold` applies to statistic='tail', not {statistic!r}")
-        if temperature is not None:
-            if combine != "softmin":
-                raise ValueError(f"`temperature` applies to combine='softmin', not {combine!r}")
-            temperature = _finite("temperature", temperature)
-            if temperature <= 0:
-                raise ValueError(f"`temperature` must be positive, got {temperature}")
-        elif combine == "softmin":
-            temperature = DEFAULT_TEMPERATURE
-        floor_weight = _finite("floor_weight", floor_weight)
-        if floor_weight <= 0:
-            raise ValueError(f"`floor_weight` must be positive, got {floor_weight}")
-        checked_floors = {}
-        for dimension, floor in dict(floors or {}).items():
-            if dimension not in self.dimensions:
-                raise ValueError(f"`floors` names {dimension!r}, which is not among this loss's dimensions "
-                                 f"{list(self.dimensions)}")
-            floor = _finite(f"floors[{dimension!r}]", floor)
-            low, high = (0.0, 1.0) if statistic == "tail" else (levels[0], levels[-1])
-            if not low <= floor <= high:
-                raise ValueError(f"`floors[{dimension!r}]` must be in [{low}, {high}] for statistic={statistic!r}, "
-                                 f"got {floor}")
-            checked_floors[dimension] = floor
-        if self.normalize and statistic != "mean":
-            raise ValueError(f"`normalize` standardises the expected score; it does not apply to "
-                             f"statistic={statistic!r}")
-        if groupwise:
-            others = [name for name, used in (("statistic", statistic != "mean"), ("combine", combine != "weighted"),
-                                              ("floors", bool(checked_floors)), ("kappa", self.kappa > 0),
-                                              ("normalize", self.normalize)) if used]
-            if others:
-                raise ValueError(f"`groupwise` compares whole distributions; it does not combine with {others}")
-        self.statistic, self.alpha, self.threshold = statistic, alpha, threshold
-        self.combine, self.temperature = combine, temperature
-        self.floors, self.floor_weight, self.groupwise = checked_floors, floor_weight, groupwise
+        """Check and keep the objective's settings (`objective_settings`)."""
+        settings = objective_settings(statistic, alpha, threshold, combine, temperature, floors, floor_weight,
+                                      groupwise, kappa=self.kappa, normalize=self.normalize,
+                                      levels=self.rubric.levels, dimensions=self.dimensions)
+        for key, value in settings.items():
+            setattr(self, key, value)
 
     def enable_gradient_checkpointing(self) -> None:
         """Checkpoint the reward backbone's layers (recompute activations in backward to save memory)."""
@@ -596,6 +540,77 @@ class ImscoreScorer(nn.Module):
         return self.loss._reward_of_pixels(pixels, prompts)[0]
 
     forward = score
+
+
+def objective_settings(statistic="mean", alpha=None, threshold=None, combine="weighted", temperature=None,
+                       floors=None, floor_weight=1.0, groupwise=False, *, kappa=0.0, normalize=False, levels,
+                       dimensions) -> dict:
+    """The objective's settings (`ZRewardLoss`'s class docstring), checked together and completed with their
+    defaults: `{"statistic", "alpha", "threshold", "combine", "temperature", "floors", "floor_weight", "groupwise"}`.
+    Every mismatch is a `ValueError` (a non-number a `TypeError`) naming the argument; `checkpoint.read_config`
+    runs the same checks on a saved config."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"`statistic` must be one of {STATISTICS}, got {statistic!r}")
+    if combine not in COMBINATIONS:
+        raise ValueError(f"`combine` must be one of {COMBINATIONS}, got {combine!r}")
+    if not isinstance(groupwise, bool):
+        raise TypeError(f"`groupwise` must be a bool, got {groupwise!r}")
+    if alpha is not None:
+        if statistic not in ("quantile", "cvar"):
+            raise ValueError(f"`alpha` applies to statistic='quantile' or 'cvar', not {statistic!r}")
+        alpha = _finite("alpha", alpha)
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"`alpha` must be in (0, 1], got {alpha}")
+    elif statistic in ("quantile", "cvar"):
+        alpha = DEFAULT_ALPHA
+    if statistic == "tail":
+        if threshold is None:
+            raise ValueError("statistic='tail' needs a `threshold`: the score whose exceedance probability is "
+                             "rewarded")
+        threshold = _finite("threshold", threshold)
+        if not levels[0] < threshold <= levels[-1]:
+            raise ValueError(f"`threshold` must be in ({levels[0]}, {levels[-1]}], got {threshold}")
+        if kappa > 0:
+            raise ValueError("`kappa` subtracts a share of the score's std, which has no meaning next to a "
+                             "probability: not with statistic='tail'")
+    elif threshold is not None:
+        raise ValueError(f"`threshold` applies to statistic='tail', not {statistic!r}")
+    if temperature is not None:
+        if combine != "softmin":
+            raise ValueError(f"`temperature` applies to combine='softmin', not {combine!r}")
+        temperature = _finite("temperature", temperature)
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be positive, got {temperature}")
+    elif combine == "softmin":
+        temperature = DEFAULT_TEMPERATURE
+    floor_weight = _finite("floor_weight", floor_weight)
+    if floor_weight <= 0:
+        raise ValueError(f"`floor_weight` must be positive, got {floor_weight}")
+    if floors is not None and not isinstance(floors, dict):
+        raise TypeError(f"`floors` must be a mapping of dimension to floor, got {type(floors).__name__}")
+    checked_floors = {}
+    for dimension, floor in dict(floors or {}).items():
+        if dimension not in dimensions:
+            raise ValueError(f"`floors` names {dimension!r}, which is not among this loss's dimensions "
+                             f"{list(dimensions)}")
+        floor = _finite(f"floors[{dimension!r}]", floor)
+        low, high = (0.0, 1.0) if statistic == "tail" else (levels[0], levels[-1])
+        if not low <= floor <= high:
+            raise ValueError(f"`floors[{dimension!r}]` must be in [{low}, {high}] for statistic={statistic!r}, "
+                             f"got {floor}")
+        checked_floors[dimension] = floor
+    if normalize and statistic != "mean":
+        raise ValueError(f"`normalize` standardises the expected score; it does not apply to "
+                         f"statistic={statistic!r}")
+    if groupwise:
+        others = [name for name, used in (("statistic", statistic != "mean"), ("combine", combine != "weighted"),
+                                          ("floors", bool(checked_floors)), ("kappa", kappa > 0),
+                                          ("normalize", normalize)) if used]
+        if others:
+            raise ValueError(f"`groupwise` compares whole distributions; it does not combine with {others}")
+    return {"statistic": statistic, "alpha": alpha, "threshold": threshold, "combine": combine,
+            "temperature": temperature, "floors": checked_floors, "floor_weight": floor_weight,
+            "groupwise": groupwise}
 
 
 RESTORED_SETTINGS = ("image_range", "reduction", "kappa", "margin", "normalize", "momentum", "dimensions", "statistic",
