@@ -157,7 +157,7 @@ MUTANTS = (
            "    result = metrics.bootstrap_ci(accuracy, credit, None, num_resamples, confidence, seed)\n",
            ("tests/test_evaluation.py",)),
     Mutant("score_output_reward_ignores_kappa_and_normalisation", "zreward_diffusers/loss.py",
-           "        return replace(output, reward=self._shape(output, update=False))\n", "        return output\n",
+           "        return replace(output, reward=self._shape(output, prompts, update=False))\n", "        return output\n",
            ("tests/test_clients.py",)),
     Mutant("reward_fn_reads_unit_images_as_minus_one_to_one", "zreward_diffusers/loss.py",
            '        return self._reward_of_unit(to_unit_range(pixels, "0,1"), _prompt_list(prompts))\n',
