@@ -2,6 +2,7 @@
 
 import collections
 import functools
+import io
 import json
 import os
 import socket
@@ -10,11 +11,26 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from zreward_diffusers.testing import build_tiny_scorer
 
 
 @functools.cache
+def png_bytes(colour) -> bytes:
+    """An 8 x 6 PNG of one colour, encoded (the bytes a parquet image column holds)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_images(directory, names):
+    """8 x 6 PNGs at `directory / name`, each a different shade (folders made as needed)."""
+    for index, name in enumerate(names):
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 6), (20 * index, 0, 0)).save(directory / name)
+
+
 def sharp_scorer(family: str):
     """A tiny scorer whose score-token logits are scaled up, so its distributions are peaked and react to pixels.
 

@@ -1,6 +1,5 @@
 """Public-format mappers, each on a small fabricated file with the schema of the dataset's card."""
 
-import io
 import json
 import logging
 
@@ -8,6 +7,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import png_bytes, write_images
 from PIL import Image
 
 from zreward_diffusers.data import (
@@ -18,18 +18,6 @@ from zreward_diffusers.data import (
     from_imagereward_db,
     from_pickapic,
 )
-
-
-def png_bytes(colour) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_images(directory, names):
-    for index, name in enumerate(names):
-        (directory / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 6), (20 * index, 0, 0)).save(directory / name)
 
 
 def imagereward_rows():

@@ -1,7 +1,6 @@
 """The HPDv3, RichHF-18K, EvalMuse-40K, Rapidata and GenAI-Bench mappers, each on a small fabricated source with the
 column names and dtypes of the dataset's card (no file of the real datasets is read)."""
 
-import io
 import json
 import logging
 
@@ -9,6 +8,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import png_bytes, write_images
 from PIL import Image
 
 from zreward_diffusers.data import (
@@ -20,18 +20,6 @@ from zreward_diffusers.data import (
     from_rapidata,
     from_richhf18k,
 )
-
-
-def png_bytes(colour) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_images(directory, names):
-    for index, name in enumerate(names):
-        (directory / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 6), (20 * index, 0, 0)).save(directory / name)
 
 
 def write_jsonl(path, rows):
