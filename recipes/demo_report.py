@@ -244,18 +244,26 @@ def timing_table(timings: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------- figures
-def samples_figure(out: Path, path: Path, count: int) -> Path | None:
-    """Held-out images, each with the student's predicted distribution per dimension next to the panel's histogram."""
-    import torch
-
+def _student_and_held_out_items(out: Path, count: int):
+    """`(the run's RISD student, one held-out item from each of the first `count` groups)`, or None before RISD."""
     from zreward_diffusers import ZRewardLoss
 
     model = out / "student_risd" / "model"
     if not model.exists():
         return None
-    loss_fn = ZRewardLoss.from_pretrained(model)
     world, start = held_out_world()
     items = [group.items[i % len(group.items)] for i, group in enumerate(world.groups(count, start=start))]
+    return ZRewardLoss.from_pretrained(model), items
+
+
+def samples_figure(out: Path, path: Path, count: int) -> Path | None:
+    """Held-out images, each with the student's predicted distribution per dimension next to the panel's histogram."""
+    import torch
+
+    loaded = _student_and_held_out_items(out, count)
+    if loaded is None:
+        return None
+    loss_fn, items = loaded
     images = torch.from_numpy(np.stack([item.image for item in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         scores = loss_fn.score(images, [item.prompt for item in items])
@@ -297,15 +305,12 @@ def attribution_map_figure(out: Path, path: Path, count: int) -> Path | None:
     """Held-out images with the RISD student's ∂E[score_d]/∂pixels per dimension (`zreward_diffusers.attribution`)."""
     import torch
 
-    from zreward_diffusers import ZRewardLoss
     from zreward_diffusers.attribution import attribution_figure, attribution_maps
 
-    model = out / "student_risd" / "model"
-    if not model.exists():
+    loaded = _student_and_held_out_items(out, count)
+    if loaded is None:
         return None
-    loss_fn = ZRewardLoss.from_pretrained(model)
-    world, start = held_out_world()
-    items = [group.items[i % len(group.items)] for i, group in enumerate(world.groups(count, start=start))]
+    loss_fn, items = loaded
     images = torch.from_numpy(np.stack([item.image for item in items])).permute(0, 3, 1, 2).float() / 255
     prompts = [item.prompt for item in items]
     attribution = attribution_maps(loss_fn, images, prompts)

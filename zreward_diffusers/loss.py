@@ -358,12 +358,7 @@ class ZRewardLoss(nn.Module):
 
     def loss_from_reward(self, reward: torch.Tensor) -> torch.Tensor:
         """−R, or ReLU(margin − R), reduced as configured."""
-        loss = -reward if self.margin is None else torch.relu(self.margin - reward)
-        if self.reduction == "mean":
-            return loss.mean()
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss
+        return loss_from_reward(reward, self.margin, self.reduction)
 
     @torch.no_grad()
     def _update_running_stats(self, expected: torch.Tensor) -> None:
@@ -540,6 +535,16 @@ class ImscoreScorer(nn.Module):
         return self.loss._reward_of_pixels(pixels, prompts)[0]
 
     forward = score
+
+
+def loss_from_reward(reward: torch.Tensor, margin: float | None, reduction: str) -> torch.Tensor:
+    """−R, or ReFL's ReLU(margin − R) when `margin` is set, reduced by `reduction` ("mean", "sum" or "none")."""
+    loss = -reward if margin is None else torch.relu(margin - reward)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
 
 
 def objective_settings(statistic="mean", alpha=None, threshold=None, combine="weighted", temperature=None,

@@ -524,13 +524,9 @@ class RemoteReward(nn.Module):
 
     def loss(self, images: torch.Tensor, prompts) -> torch.Tensor:
         """−R, or ReLU(margin − R), reduced as configured: `ZRewardLoss.forward` of the served reward."""
-        reward = self.reward(images, prompts)
-        loss = -reward if self.margin is None else torch.relu(self.margin - reward)
-        if self.reduction == "mean":
-            return loss.mean()
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss
+        from .loss import loss_from_reward
+
+        return loss_from_reward(self.reward(images, prompts), self.margin, self.reduction)
 
 
 # ------------------------------------------------------------------------------------------------ reward side
